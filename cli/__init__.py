@@ -1,0 +1,1 @@
+"""The `gemdeploy` command line (installed as gemdeploy.cli)."""

@@ -1,0 +1,5 @@
+"""`python -m gemdeploy.cli` (what torchrun launches)."""
+
+from gemdeploy.cli.app import main
+
+main()

@@ -1,0 +1,93 @@
+"""`gemdeploy mine`: find a ticket, fine-tune it, compact it, into a run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gemdeploy.cli.errors import friendly_errors
+from gemdeploy.config import MineConfig
+
+DEFAULTS = MineConfig()
+
+
+@friendly_errors
+def mine(
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory to create (refused if it exists)."),
+    model: str = typer.Option(DEFAULTS.model, help="Architecture: lenet300, conv4, resnet20/32/56, vgg16, mobilenetv2, resnet18, resnet50, mobilenet_v2."),
+    data: str = typer.Option(DEFAULTS.data, help="Data set: mnist5k, digits, cifar10, cifar100, imagefolder, synthetic, synthetic-imagenet."),
+    sparsity: float = typer.Option(DEFAULTS.sparsity, help="Fraction of prunable weights removed, in [0, 1): 0.986 keeps 1.4%."),
+    method: str = typer.Option(DEFAULTS.method, help="gem-miner, dense, ... (see `gemdeploy methods`)."),
+    pattern: str = typer.Option(DEFAULTS.pattern, help="Sparsity pattern: unstructured, 2:4 or channel."),
+    epochs: int = typer.Option(DEFAULTS.epochs, help="Mining epochs (per round for IMP)."),
+    finetune_epochs: int = typer.Option(DEFAULTS.finetune_epochs, help="Fine-tuning epochs with the mask fixed."),
+    batch_size: int = typer.Option(DEFAULTS.batch_size, help="Global batch size."),
+    lr: float = typer.Option(DEFAULTS.lr, help="Mining learning rate (cosine schedule)."),
+    finetune_lr: float = typer.Option(DEFAULTS.finetune_lr, help="Fine-tuning learning rate (x0.1 at 53% and 80%)."),
+    lam: Optional[float] = typer.Option(None, help="Gem-Miner L2 score penalty; default: the paper's value for the density."),
+    freeze_period: Optional[int] = typer.Option(None, help="Gem-Miner: epochs between freezing rounds (default: 5 per 150 epochs)."),
+    init: str = typer.Option(DEFAULTS.init, help="Weight init: signed-constant or kaiming-normal."),
+    seed: int = typer.Option(DEFAULTS.seed, help="Random seed (runs are deterministic on CPU)."),
+    device: str = typer.Option(DEFAULTS.device, help="auto, cpu or cuda."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the training step."),
+    data_dir: Optional[Path] = typer.Option(None, help="Where cifar10/cifar100/imagefolder data lives."),
+    download: bool = typer.Option(False, "--download", help="Let torchvision download CIFAR into --data-dir."),
+    round_to: int = typer.Option(DEFAULTS.round_to, help="Compaction keeps channel counts multiples of this."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out from its last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
+) -> None:
+    """Mine a lottery ticket at initialization, fine-tune it and write a run directory."""
+    from gemdeploy import distributed as dist
+    from gemdeploy.pipeline import prepare, run_mine
+    from gemdeploy.progress import Reporter
+    from gemdeploy.rundir import RunDir
+
+    if resume:
+        run = RunDir.create(out, resume=True, overwrite=overwrite)
+        cfg = MineConfig.from_json(run.read_json("config.json"))
+    else:
+        cfg = MineConfig(model=model, data=data, sparsity=sparsity, method=method, pattern=pattern, epochs=epochs,
+                         finetune_epochs=finetune_epochs, batch_size=batch_size, lr=lr, finetune_lr=finetune_lr,
+                         lam=lam, freeze_period=freeze_period, init=init, seed=seed, device=device, compile=compile,
+                         data_dir=str(data_dir) if data_dir else None, download=download, round_to=round_to)
+    if not resume:
+        RunDir.check_new(out, overwrite=overwrite)  # before any slow work
+    prepared = prepare(cfg)  # bad input fails here, before the run directory is touched
+    if not resume:
+        run = RunDir.create(out, overwrite=overwrite) if dist.is_main() else RunDir(out)
+    summary = run_mine(cfg, run, resume=resume, reporter=Reporter(enabled=not quiet and dist.is_main()),
+                       prepared=prepared)
+    if dist.is_main():
+        print_summary(summary, run.path, json_out)
+
+
+def print_summary(summary: dict, path: Path, json_out: bool) -> None:
+    import json
+
+    if json_out:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title=f"gemdeploy mine -> {path}")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    acc = summary["test_acc"]
+    rows = [
+        ("method", summary["method"]), ("model / data", f"{summary['model']} / {summary['data']}"),
+        ("pattern", summary["pattern"]),
+        ("sparsity (target)", f"{summary['sparsity']:.4%} ({summary['target_sparsity']:.4%})"),
+        ("kept weights", f"{summary['kept_weights']:,} of {summary['prunable_weights']:,}"),
+        ("test accuracy", "n/a (synthetic data)" if acc is None else f"{acc:.2%}"),
+        ("time to ticket", f"{summary['time_to_ticket_s']:.1f} s"),
+        ("total time", f"{summary['total_time_s']:.1f} s"), ("device", summary["device"]),
+    ]
+    for k, v in rows:
+        table.add_row(k, str(v))
+    Console().print(table)
+
+

@@ -1,0 +1,1 @@
+"""ONNX and TensorRT exporters (installed as gemdeploy.exporters)."""

@@ -1,0 +1,146 @@
+"""Gem-Miner (Sreenivasan et al., NeurIPS 2022), as the authors' `hc_iter` algorithm implements it.
+
+One score p in [0, 1] per prunable weight, initialized U[0, 1]; the weights stay frozen at their
+(signed-constant) initialization. The forward pass uses ``w * 1[p > 0.5] * flag`` with a
+straight-through gradient to p, the loss adds ``lambda * sum(p^2)``, and p is projected back to
+[0, 1] after every SGD step. Every ``freeze_period`` epochs the lowest-|p| fraction of the still
+active weights (pooled over all layers) is frozen out for good (flag = 0), on a geometric schedule
+that ends exactly at the target density. The ticket is ``flag``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from gemdeploy.context import Checkpoint, PhaseTimer, RunContext
+from gemdeploy.finetune import wrap_ddp
+from gemdeploy.masks import Mask, global_keep, keep_count, prunable_weights
+from gemdeploy.miners.base import METHODS, Method, Ticket
+from gemdeploy.training import (cosine_lr, evaluate, load_momentum_buffers, maybe_compile, momentum_buffers, set_lr,
+                                sgd, train_epoch)
+
+THRESHOLD = 0.5
+
+
+def straight_through_mask(scores: torch.Tensor) -> torch.Tensor:
+    """``1[p > 0.5]`` in the forward pass, identity gradient in the backward pass."""
+    hard = (scores > THRESHOLD).to(scores.dtype)
+    return hard + scores - scores.detach()
+
+
+class ScoredNetwork(nn.Module):
+    """Wraps a network whose weights are frozen; the trainable parameters are the scores."""
+
+    def __init__(self, net: nn.Module, generator: torch.Generator):
+        super().__init__()
+        self.net = net
+        for p in net.parameters():
+            p.requires_grad_(False)
+        self.names = list(prunable_weights(net))
+        weights = prunable_weights(net)
+        self.scores = nn.ParameterList(
+            [nn.Parameter(torch.rand(weights[k].shape, generator=generator).to(weights[k].device)) for k in self.names])
+        for i, k in enumerate(self.names):
+            self.register_buffer(f"flag{i}", torch.ones_like(weights[k]))
+
+    def flags(self) -> list[torch.Tensor]:
+        return [getattr(self, f"flag{i}") for i in range(len(self.names))]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = prunable_weights(self.net)
+        effective = {k: weights[k] * straight_through_mask(s) * f for k, s, f in zip(self.names, self.scores, self.flags())}
+        return functional_call(self.net, effective, (x,))
+
+    def l2_penalty(self) -> torch.Tensor:
+        return sum((s * s).sum() for s in self.scores)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        for s in self.scores:
+            s.clamp_(0.0, 1.0)
+
+    def flag_mask(self) -> Mask:
+        return Mask({k: f.detach().clone() for k, f in zip(self.names, self.flags())})
+
+    def active_density(self) -> float:
+        """Density of what the forward pass uses right now: 1[p > 0.5] * flag."""
+        kept = sum(int(((s > THRESHOLD) & (f > 0)).sum()) for s, f in zip(self.scores, self.flags()))
+        return kept / sum(s.numel() for s in self.scores)
+
+    @torch.no_grad()
+    def freeze_to(self, keep: int) -> None:
+        """Freeze out the lowest-|p| active weights so that exactly ``keep`` stay active (globally pooled)."""
+        scores = {k: s.abs() for k, s in zip(self.names, self.scores)}
+        eligible = {k: f for k, f in zip(self.names, self.flags())}
+        new = global_keep(scores, keep, eligible=eligible)
+        for k, f in zip(self.names, self.flags()):
+            f.copy_(new[k])
+
+
+def freeze_schedule(epochs: int, period: int, total: int, density: float) -> dict[int, int]:
+    """Completed-epoch -> number of weights left active after freezing at that epoch.
+
+    ``floor((E - 1) / T)`` freezing rounds at epochs T, 2T, ... remove the same fraction
+    ``q = 1 - density^(1 / rounds)`` of the active weights each time; the last round lands exactly on the
+    target count. Runs shorter than one period freeze once, at the end.
+    """
+    rounds = (epochs - 1) // period if period > 0 else 0
+    if rounds < 1:
+        return {epochs: keep_count(total, density)}
+    return {period * (j + 1): keep_count(total, density ** ((j + 1) / rounds)) for j in range(rounds)}
+
+
+@METHODS.register("gem-miner")
+class GemMiner(Method):
+    name = "gem-miner"
+    has_scores = True
+
+    def find_ticket(self, ctx: RunContext) -> Ticket:
+        cfg, hw = ctx.config, ctx.hw
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        scored = ScoredNetwork(ctx.fresh_model(), gen)
+        names = {id(s): f"scores.{i}" for i, s in enumerate(scored.scores)}
+        optimizer = sgd(scored.scores, cfg.lr, cfg.momentum, 0.0)
+        total = sum(s.numel() for s in scored.scores)
+        schedule = freeze_schedule(cfg.epochs, cfg.resolved_freeze_period(), total, cfg.density)
+        lam = cfg.resolved_lam()
+
+        start, timer = 0, PhaseTimer()
+        ckpt = ctx.load_checkpoint("mine")
+        if ckpt is not None:
+            scored.load_state_dict({k: v for k, v in ckpt.tensors.items() if not k.startswith("momentum.")})
+            load_momentum_buffers(optimizer, names, {k[len("momentum."):]: v for k, v in ckpt.tensors.items()
+                                                     if k.startswith("momentum.")})
+            start, timer = ckpt.epoch, PhaseTimer(ckpt.elapsed)
+
+        forward = maybe_compile(wrap_ddp(scored, hw), hw)
+        ctx.reporter.start("mine", cfg.epochs, start)
+        for epoch in range(start, cfg.epochs):
+            set_lr(optimizer, cosine_lr(cfg.lr, epoch, cfg.epochs))
+            scored.train()
+            stats = train_epoch(forward, optimizer, ctx.data.train, hw, epoch=epoch, seed=cfg.seed,
+                                batch_size=cfg.batch_size, penalty=lambda: lam * scored.l2_penalty(),
+                                after_step=scored.project_)
+            if epoch + 1 in schedule:
+                scored.freeze_to(schedule[epoch + 1])
+            scored.eval()
+            val = evaluate(scored, ctx.data.val, hw)
+            flag_density = scored.flag_mask().density()
+            ctx.log({"phase": "mine", "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "loss": stats.loss,
+                     "train_acc": stats.acc, "val_acc": val.acc, "val_loss": val.loss, "density": flag_density,
+                     "active_density": scored.active_density(), "images_per_s": stats.images_per_s,
+                     "time_s": timer.elapsed()})
+            tensors = dict(scored.state_dict())
+            tensors.update({f"momentum.{k}": v for k, v in momentum_buffers(optimizer, names).items()})
+            ctx.save_checkpoint("mine", Checkpoint(epoch + 1, timer.elapsed(), tensors))
+            ctx.reporter.update(loss=stats.loss, acc=val.acc, density=flag_density)
+
+        scored.eval()
+        val = evaluate(scored, ctx.data.val, hw)
+        mask = scored.flag_mask()
+        scores = {k: s.detach().clone() for k, s in zip(scored.names, scored.scores)}
+        return Ticket(mask.cpu(), {k: v.cpu() for k, v in scores.items()},
+                      {"lam": lam, "freeze_schedule": {str(k): v for k, v in schedule.items()},
+                       "mining_seconds": timer.elapsed(), "mined_val_acc": val.acc})

@@ -1,0 +1,67 @@
+"""Shared fixtures: the real CLI in a subprocess, and small real runs on the offline digit sets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, check: bool = False, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the installed `gemdeploy` command line for real (a subprocess, as a user would)."""
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "gemdeploy.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"gemdeploy {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """One clear line on stderr, a non-zero exit, no traceback."""
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def interrupt_when(args, out: Path, marker: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Start `gemdeploy ARGS` and press Ctrl-C (SIGINT) as soon as ``out/marker`` exists: a real interruption."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "gemdeploy.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+    deadline = time.monotonic() + timeout
+    while not (out / marker).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+QUICK = ["--data", "mnist5k", "--epochs", "3", "--finetune-epochs", "2", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def lenet_run(tmp_path_factory) -> Path:
+    """A real Gem-Miner ticket of LeNet-300-100 on the offline MNIST digits (seconds on 2 cores)."""
+    out = tmp_path_factory.mktemp("runs") / "lenet-gm"
+    run_cli("mine", "--model", "lenet300", "--sparsity", "0.986", "--out", out, *QUICK, check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def conv_run(tmp_path_factory) -> Path:
+    """A real Gem-Miner ticket of a CIFAR ResNet-20 on the offline MNIST digits."""
+    out = tmp_path_factory.mktemp("runs") / "r20-gm"
+    run_cli("mine", "--model", "resnet20", "--sparsity", "0.9", "--out", out, "--data", "mnist5k", "--epochs", "1",
+            "--finetune-epochs", "1", "--quiet", check=True)
+    return out

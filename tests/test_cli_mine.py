@@ -1,0 +1,99 @@
+"""`gemdeploy mine` through the real command line."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import QUICK, assert_clean_error, interrupt_when, run_cli
+from gemdeploy.masks import Mask
+
+
+def test_mine_end_to_end_on_mnist(lenet_run):
+    summary = json.loads((lenet_run / "summary.json").read_text())
+    for key in ("method", "model", "data", "target_sparsity", "sparsity", "test_acc", "time_to_ticket_s", "total_time_s"):
+        assert key in summary
+    assert summary["method"] == "gem-miner" and summary["target_sparsity"] == 0.986
+    assert abs(summary["sparsity"] - 0.986) < 1e-5  # the freezing schedule lands on the target
+    assert 0.3 < summary["test_acc"] <= 1.0  # far above chance (0.1) even after a few epochs
+    for name in ("config.json", "metrics.jsonl", "init.safetensors", "mask.safetensors", "weights.safetensors",
+                 "scores.safetensors"):
+        assert (lenet_run / name).is_file(), name
+    assert not list(lenet_run.glob("checkpoint-*")), "finished runs keep no checkpoints"
+    mask = Mask.load(lenet_run / "mask.safetensors")
+    weights = load_file(str(lenet_run / "weights.safetensors"))
+    for k, m in mask.items():
+        assert torch.all(weights[k][m == 0] == 0)
+    phases = [json.loads(line)["phase"] for line in (lenet_run / "metrics.jsonl").read_text().splitlines()]
+    assert phases == ["mine"] * 3 + ["finetune"] * 2
+
+
+def test_dense_method_trains_the_unpruned_model(tmp_path):
+    out = tmp_path / "dense"
+    run_cli("mine", "--model", "lenet300", "--method", "dense", "--out", out, *QUICK, check=True)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sparsity"] == 0.0 and summary["target_sparsity"] == 0.0
+    assert summary["test_acc"] > 0.8
+
+
+def test_resume_after_interrupt_gives_the_same_mask(tmp_path):
+    args = ["mine", "--model", "lenet300", "--sparsity", "0.95", "--epochs", "40", "--finetune-epochs", "2",
+            "--data", "digits", "--quiet"]
+    full = tmp_path / "full"
+    run_cli(*args, "--out", full, check=True)
+    part = tmp_path / "part"
+    # A real Ctrl-C in the middle of mining, once the first epoch has been checkpointed.
+    interrupted = interrupt_when([*args, "--out", part], part, "checkpoint-mine.safetensors")
+    assert interrupted.returncode == 130 and "--resume" in interrupted.stderr, interrupted.stderr
+    assert_clean_error(interrupted)
+    assert (part / "checkpoint-mine.safetensors").is_file() and not (part / "mask.safetensors").exists()
+    run_cli("mine", "--out", part, "--resume", "--quiet", check=True)
+    a, b = Mask.load(full / "mask.safetensors"), Mask.load(part / "mask.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    wa, wb = load_file(str(full / "weights.safetensors")), load_file(str(part / "weights.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    epochs = [(r["phase"], r["epoch"]) for r in map(json.loads, (part / "metrics.jsonl").read_text().splitlines())]
+    assert epochs == [("mine", e) for e in range(1, 41)] + [("finetune", 1), ("finetune", 2)]
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--model", "alexnet"], ["unknown model 'alexnet'", "lenet300", "resnet20"]),
+    (["--data", "imagenet21k"], ["unknown data set", "mnist5k", "cifar10"]),
+    (["--method", "magic"], ["unknown method 'magic'", "gem-miner", "dense"]),
+    (["--sparsity", "1.0"], ["--sparsity must be in [0, 1)"]),
+    (["--sparsity", "-0.1"], ["--sparsity must be in [0, 1)"]),
+    (["--data", "cifar10", "--data-dir", "/nonexistent/cifar"], ["/nonexistent/cifar", "does not exist"]),
+    (["--data", "cifar10"], ["needs --data-dir"]),
+    (["--pattern", "3:7"], ["unknown pattern"]),
+])
+def test_bad_input_gets_one_clear_line(tmp_path, args, needles):
+    proc = run_cli("mine", "--out", tmp_path / "never", "--model", "lenet300", *QUICK, *args)
+    assert_clean_error(proc, *needles)
+    assert not (tmp_path / "never").exists()
+
+
+def test_existing_run_directory_is_never_overwritten_by_default(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    proc = run_cli("mine", "--out", out, "--model", "lenet300", *QUICK)
+    assert_clean_error(proc, "already exists", "--resume", "--overwrite")
+    proc = run_cli("mine", "--out", out, "--model", "lenet300", "--overwrite", *QUICK)
+    assert_clean_error(proc, "not a gemdeploy run directory")
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_corrupt_checkpoint_on_resume_is_reported(tmp_path):
+    out = tmp_path / "run"
+    proc = interrupt_when(["mine", "--model", "lenet300", "--out", out, "--data", "digits", "--epochs", "40",
+                           "--finetune-epochs", "1", "--quiet"], out, "checkpoint-mine.safetensors")
+    assert proc.returncode == 130
+    ckpt = out / "checkpoint-mine.safetensors"
+    ckpt.write_bytes(b"\x00garbage" * 10)
+    assert_clean_error(run_cli("mine", "--out", out, "--resume", "--quiet"), "corrupt", "checkpoint-mine")
+    assert ckpt.read_bytes() == b"\x00garbage" * 10  # nothing overwritten
+
+
+def test_resume_of_a_directory_that_is_not_a_run(tmp_path):
+    assert_clean_error(run_cli("mine", "--out", tmp_path, "--resume"), "nothing to resume")

@@ -1,0 +1,70 @@
+import torch
+
+from gemdeploy.masks import Mask, global_keep, keep_count, prunable_weights
+from gemdeploy.miners.gem_miner import ScoredNetwork, freeze_schedule, straight_through_mask
+from gemdeploy.models import build_model
+
+
+def test_straight_through_mask_forward_is_threshold_and_gradient_is_identity():
+    p = torch.tensor([0.1, 0.5, 0.51, 0.9], requires_grad=True)
+    m = straight_through_mask(p)
+    assert m.tolist() == [0.0, 0.0, 1.0, 1.0]
+    (m * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+    assert p.grad.tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_scored_network_gradient_reaches_scores_through_frozen_weights():
+    torch.manual_seed(0)
+    net = build_model("lenet300", (1, 8, 8), 10)
+    scored = ScoredNetwork(net, torch.Generator().manual_seed(0))
+    scored.train()
+    loss = scored(torch.randn(16, 1, 8, 8)).square().mean()
+    loss.backward()
+    assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in scored.scores)
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_scored_network_equals_masked_network():
+    torch.manual_seed(0)
+    net = build_model("resnet20", (3, 16, 16), 10).eval()
+    scored = ScoredNetwork(net, torch.Generator().manual_seed(1)).eval()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        got = scored(x)
+        mask = Mask({k: (s > 0.5).float() for k, s in zip(scored.names, scored.scores)})
+        mask.apply_(net)
+        want = net(x)
+    torch.testing.assert_close(got, want)
+
+
+def test_global_keep_exact_count_and_no_layer_collapse():
+    scores = {"a": torch.arange(100.0), "b": torch.zeros(50) - 1.0, "c": torch.rand(10, 10)}
+    mask = global_keep(scores, keep=30, min_per_layer=2)
+    assert mask.num_kept() == 30
+    assert int(mask["b"].sum()) == 2  # the worst layer keeps its floor
+    eligible = {k: torch.ones_like(v) for k, v in scores.items()}
+    eligible["a"][90:] = 0
+    mask = global_keep(scores, keep=20, eligible=eligible)
+    assert mask["a"][90:].sum() == 0 and mask.num_kept() == 20
+
+
+def test_freeze_schedule_is_geometric_and_ends_on_the_target():
+    total, density = 266_200, 0.014
+    sched = freeze_schedule(150, 5, total, density)
+    assert sorted(sched) == list(range(5, 150, 5))  # floor(149 / 5) = 29 rounds
+    counts = [sched[e] for e in sorted(sched)]
+    assert counts == sorted(counts, reverse=True)
+    assert counts[-1] == keep_count(total, density)
+    ratios = [b / a for a, b in zip(counts, counts[1:])]
+    assert max(ratios) - min(ratios) < 1e-3  # the same fraction q each round
+    assert freeze_schedule(3, 5, 1000, 0.1) == {3: 100}  # shorter than one period: freeze once, at the end
+
+
+def test_mask_roundtrip_through_safetensors(tmp_path):
+    net = build_model("conv4", (1, 28, 28), 10)
+    mask = Mask({k: (torch.rand(w.shape) > 0.7).float() for k, w in prunable_weights(net).items()})
+    mask.save(tmp_path / "m.safetensors")
+    back = Mask.load(tmp_path / "m.safetensors")
+    assert set(back) == set(mask)
+    assert all(torch.equal(back[k], mask[k]) for k in mask)
+    assert abs(back.density() - mask.density()) < 1e-12
