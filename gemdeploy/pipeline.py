@@ -71,6 +71,8 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
     reporter = reporter or Reporter(enabled=dist.is_main())
     if dist.is_main():
         run.write_json("config.json", cfg.to_json())
+        run.write_json("model.json", {"model": cfg.model, "input_shape": list(data.input_shape),
+                                      "num_classes": data.num_classes, "affine_bn": False})
     ctx = RunContext(cfg, data, hw, run, reporter, _initial_state(cfg, run, data), resume=resume)
     method = METHODS.get(cfg.method)()
     try:
