@@ -11,6 +11,7 @@ from rich.table import Table
 
 from gemdeploy.cli.errors import friendly_errors
 from gemdeploy.config import MineConfig
+from gemdeploy.errors import GemdeployError
 
 DEFAULTS = MineConfig()
 
@@ -39,10 +40,27 @@ def mine(
     round_to: int = typer.Option(DEFAULTS.round_to, help="Compaction keeps channel counts multiples of this."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+    nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="Data-parallel processes on this machine (launches torchrun; GPUs: one each)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
 ) -> None:
     """Mine a lottery ticket at initialization, fine-tune it and write a run directory."""
+    from gemdeploy import distributed as dist
+
+    if nproc_per_node > 1 and not dist.launched_by_torchrun():
+        return launch_torchrun(nproc_per_node)
+    dist.setup_from_env(device)
+    try:
+        _mine(out, resume, overwrite, quiet, json_out, dict(
+            model=model, data=data, sparsity=sparsity, method=method, pattern=pattern, epochs=epochs,
+            finetune_epochs=finetune_epochs, batch_size=batch_size, lr=lr, finetune_lr=finetune_lr, lam=lam,
+            freeze_period=freeze_period, init=init, seed=seed, device=device, compile=compile,
+            data_dir=str(data_dir) if data_dir else None, download=download, round_to=round_to))
+    finally:
+        dist.teardown()
+
+
+def _mine(out: Path, resume: bool, overwrite: bool, quiet: bool, json_out: bool, options: dict) -> None:
     from gemdeploy import distributed as dist
     from gemdeploy.pipeline import prepare, run_mine
     from gemdeploy.progress import Reporter
@@ -52,19 +70,39 @@ def mine(
         run = RunDir.create(out, resume=True, overwrite=overwrite)
         cfg = MineConfig.from_json(run.read_json("config.json"))
     else:
-        cfg = MineConfig(model=model, data=data, sparsity=sparsity, method=method, pattern=pattern, epochs=epochs,
-                         finetune_epochs=finetune_epochs, batch_size=batch_size, lr=lr, finetune_lr=finetune_lr,
-                         lam=lam, freeze_period=freeze_period, init=init, seed=seed, device=device, compile=compile,
-                         data_dir=str(data_dir) if data_dir else None, download=download, round_to=round_to)
-    if not resume:
+        cfg = MineConfig(**options)
+    if not resume and dist.is_main():
         RunDir.check_new(out, overwrite=overwrite)  # before any slow work
     prepared = prepare(cfg)  # bad input fails here, before the run directory is touched
     if not resume:
         run = RunDir.create(out, overwrite=overwrite) if dist.is_main() else RunDir(out)
+        dist.barrier()  # the other ranks start once rank 0 has made the directory
     summary = run_mine(cfg, run, resume=resume, reporter=Reporter(enabled=not quiet and dist.is_main()),
                        prepared=prepared)
     if dist.is_main():
         print_summary(summary, run.path, json_out)
+
+
+def launch_torchrun(nproc: int) -> None:
+    """Re-run this very command under torchrun with ``nproc`` processes (single node, local rendezvous)."""
+    import sys
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun_main
+
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc-per-node":
+            skip = True
+        elif not arg.startswith("--nproc-per-node="):
+            argv.append(arg)
+    try:
+        torchrun_main(["--standalone", "--nproc-per-node", str(nproc), "-m", "gemdeploy.cli", *argv])
+    except ChildFailedError as exc:
+        failed = ", ".join(str(r) for r in sorted(exc.failures))
+        raise GemdeployError(f"the data-parallel run failed on rank(s) {failed} (their error is printed above)") from None
 
 
 def print_summary(summary: dict, path: Path, json_out: bool) -> None:

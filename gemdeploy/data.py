@@ -57,9 +57,11 @@ class TensorSplit:
         n = len(self)
         idx = torch.randperm(n, generator=epoch_generator(seed, epoch)) if train else torch.arange(n)
         if world_size > 1:
-            # Every rank gets the same number of examples (padding by wrapping), each example once per epoch.
-            per_rank = -(-n // world_size)
-            idx = torch.cat([idx, idx[: per_rank * world_size - n]])[rank::world_size]
+            if train:
+                # Every rank takes the same number of steps (pad by wrapping); each example is seen once per epoch.
+                per_rank = -(-n // world_size)
+                idx = torch.cat([idx, idx[: per_rank * world_size - n]])
+            idx = idx[rank::world_size]  # evaluation: no padding, so all-reduced counts are exact
         return idx % len(self.labels)
 
     def batches(self, batch_size, *, epoch=0, train=False, seed=0, rank=0, world_size=1, drop_last=False):

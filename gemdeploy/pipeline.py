@@ -63,12 +63,22 @@ def prepare(cfg: MineConfig) -> tuple[Hardware, DataBundle]:
     return hw, load_data(cfg.data, cfg.data_dir, cfg.download).to(hw.device, hw.channels_last)
 
 
+def _check_world_size(cfg: MineConfig, resume: bool) -> None:
+    """A resumed data-parallel run must keep its world size: the shards and the per-rank batch depend on it."""
+    current = dist.world_size()
+    if resume and cfg.extra.get("world_size", 1) != current:
+        raise GemdeployError(f"this run was started with {cfg.extra.get('world_size', 1)} process(es); "
+                             f"resume it with the same number (now {current})")
+    cfg.extra["world_size"] = current
+
+
 def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Reporter | None = None,
              prepared: tuple[Hardware, DataBundle] | None = None) -> dict:
     """Run (or resume) a whole `mine` job in ``run``; returns the summary written to summary.json."""
     started = time.perf_counter()
     hw, data = prepared or prepare(cfg)
     reporter = reporter or Reporter(enabled=dist.is_main())
+    _check_world_size(cfg, resume)
     if dist.is_main():
         run.write_json("config.json", cfg.to_json())
         run.write_json("model.json", {"model": cfg.model, "input_shape": list(data.input_shape),
@@ -85,6 +95,7 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
             prior = ticket.info.get("mining_seconds")
             ticket_info = {**ticket.info, "time_to_ticket_s": prior if prior is not None else time.perf_counter() - t0}
             mask = ticket.mask
+            dist.check_agreement(mask, "ticket mask")
             if dist.is_main():
                 if ticket.scores is not None:
                     run.save_tensors("scores.safetensors", ticket.scores)
@@ -123,6 +134,7 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
         "total_time_s": ticket_info["time_to_ticket_s"] + ft_info["finetune_time_s"],
         "wall_time_this_invocation_s": time.perf_counter() - started,
         "epochs": cfg.epochs, "finetune_epochs": cfg.finetune_epochs, "device": str(hw.device),
+        "world_size": dist.world_size(),
         "ticket": {k: v for k, v in ticket_info.items() if k != "time_to_ticket_s"},
     }
     if dist.is_main():

@@ -81,12 +81,16 @@ def train_epoch(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torc
                 hw: Hardware, *, epoch: int, seed: int, batch_size: int,
                 penalty: Callable[[], torch.Tensor] | None = None,
                 after_step: Callable[[], None] | None = None) -> EpochStats:
-    """One pass over ``split`` (this rank's shard of it) with SGD; returns all-reduced stats."""
+    """One pass over ``split`` (this rank's shard of it) with SGD; returns all-reduced stats.
+
+    ``batch_size`` is the global batch: each of the data-parallel ranks takes its share of it.
+    """
     start = time.perf_counter()
+    per_rank = max(1, batch_size // dist.world_size())
     loss_sum = torch.zeros((), device=hw.device)
     correct = torch.zeros((), device=hw.device)
     count = 0
-    for x, y in split.batches(batch_size, epoch=epoch, train=True, seed=seed, rank=dist.rank(),
+    for x, y in split.batches(per_rank, epoch=epoch, train=True, seed=seed, rank=dist.rank(),
                               world_size=dist.world_size(), drop_last=True):
         with hw.autocast():
             logits = forward(x)
