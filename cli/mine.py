@@ -87,6 +87,7 @@ def launch_torchrun(nproc: int) -> None:
     """Re-run this very command under torchrun with ``nproc`` processes (single node, local rendezvous)."""
     import sys
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
 
@@ -103,6 +104,8 @@ def launch_torchrun(nproc: int) -> None:
     except ChildFailedError as exc:
         failed = ", ".join(str(r) for r in sorted(exc.failures))
         raise GemdeployError(f"the data-parallel run failed on rank(s) {failed} (their error is printed above)") from None
+    except SignalException:  # Ctrl-C or SIGTERM reached torchrun, which has already stopped every rank
+        raise KeyboardInterrupt from None
 
 
 def print_summary(summary: dict, path: Path, json_out: bool) -> None:
