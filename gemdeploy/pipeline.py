@@ -40,6 +40,11 @@ def validate(cfg: MineConfig) -> None:
     for name in ("epochs", "finetune_epochs", "batch_size"):
         if getattr(cfg, name) < (0 if name == "finetune_epochs" else 1):
             raise GemdeployError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    if cfg.round_to < 1:
+        raise GemdeployError(f"--round-to must be >= 1, got {cfg.round_to}")
+    from gemdeploy.nm import parse_nm
+
+    parse_nm(cfg.nm)
     if cfg.lam is not None and cfg.lam < 0:
         raise GemdeployError(f"--lam must be >= 0, got {cfg.lam}")
 
@@ -123,6 +128,9 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
     finally:
         reporter.close()
 
+    # 3. Compaction (resumable: a finished compact.json is kept).
+    compaction = _compact(cfg, run) if dist.is_main() else None
+
     target = 0.0 if cfg.method == "dense" else cfg.sparsity
     summary = {
         "method": cfg.method, "model": cfg.model, "data": cfg.data, "pattern": cfg.pattern, "seed": cfg.seed,
@@ -136,7 +144,20 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
         "epochs": cfg.epochs, "finetune_epochs": cfg.finetune_epochs, "device": str(hw.device),
         "world_size": dist.world_size(),
         "ticket": {k: v for k, v in ticket_info.items() if k != "time_to_ticket_s"},
+        "compaction": compaction,
     }
     if dist.is_main():
         run.write_json("summary.json", summary)
     return summary
+
+
+def _compact(cfg: MineConfig, run: RunDir) -> dict:
+    """Compact the fine-tuned ticket into the run directory; returns the record's totals for summary.json."""
+    from gemdeploy.artifacts import RunArtifacts
+    from gemdeploy.compaction import RECORD, compact_run
+
+    record = run.read_json(RECORD) if run.has(RECORD) and run.has("compact.safetensors") else None
+    if record is None:
+        record = compact_run(RunArtifacts.open(run.path), cfg.round_to)
+    return {"before": record["before"], "after": record["after"], "file_bytes": record["file_bytes"],
+            "round_to": record["round_to"]}
