@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import typer
 
+from gemdeploy.cli.doctor import doctor
+from gemdeploy.cli.export import export
 from gemdeploy.cli.mine import mine
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mine lottery tickets at initialization (Gem-Miner), compact them and ship fast engines.")
 app.command("mine")(mine)
+app.command("export")(export)
+app.command("doctor")(doctor)
 
 
 @app.command("methods")

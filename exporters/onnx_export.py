@@ -1,0 +1,279 @@
+"""PyTorch -> ONNX (fp32, fp16, sparse storage), checked, simplified and verified with ONNX Runtime.
+
+Every file is written to a temporary name in its destination folder, verified there, and only then
+renamed into place: a file that fails verification never appears under its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from gemdeploy.errors import GemdeployError
+
+OPSET = 18  # >= 17 (LayerNorm etc.); both TensorRT 10 and 11 parse opset 18
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+EXPORTERS = ("auto", "dynamo", "torchscript")
+FP32_REL_TOL = 1e-4  # max |ORT - PyTorch| <= 1e-4 * max |logit|
+FP16_MIN_AGREEMENT = 0.995  # top-1 agreement of the fp16 graph with PyTorch fp32
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence the exporters' chatter (Python warnings, logging and stdout prints): errors still raise."""
+    out = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(out):
+        warnings.simplefilter("ignore")
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            yield out
+        finally:
+            logging.disable(previous)
+
+
+def _export_dynamo(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    program = torch.onnx.export(model, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},), verbose=False)
+    return program.model_proto
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+    buf = io.BytesIO()
+    torch.onnx.export(model, (example,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                      opset_version=opset, dynamo=False, do_constant_folding=True,
+                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    return onnx.load_from_string(buf.getvalue())
+
+
+def torch_to_onnx(model: nn.Module, example: torch.Tensor, *, exporter: str = "auto", opset: int = OPSET
+                  ) -> tuple[onnx.ModelProto, str]:
+    """Export an eval-mode model with a dynamic batch dimension; returns (model, exporter used).
+
+    ``auto`` uses torch.export (the maintained exporter: it folds BatchNorm into Conv/Gemm and keeps
+    Linear as Gemm with transB=1, TensorRT's sparse layout) and falls back to the TorchScript exporter
+    if torch.export cannot trace the model.
+    """
+    if exporter not in EXPORTERS:
+        raise GemdeployError(f"unknown exporter {exporter!r}; choose one of: {', '.join(EXPORTERS)}")
+    model = model.eval().cpu()
+    example = example[:2].float().cpu()
+    errors = []
+    order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+    for name in order:
+        try:
+            with quiet(), torch.no_grad():
+                proto = _export_dynamo(model, example, opset) if name == "dynamo" else _export_torchscript(model, example, opset)
+            proto.producer_name = "gemdeploy"
+            return proto, name
+        except Exception as exc:  # noqa: BLE001 - every exporter failure is reported below
+            errors.append(f"{name}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+    raise GemdeployError("ONNX export failed (" + "; ".join(errors) + ")")
+
+
+def full_check(proto: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # noqa: BLE001 - onnx raises several types
+        raise GemdeployError(f"onnx.checker rejected the exported model: {str(exc).splitlines()[0]}") from None
+
+
+def simplify(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    """onnxslim where it removes nodes; the original otherwise (returns (model, simplified?))."""
+    try:
+        import onnxslim
+
+        with quiet():
+            slim = onnxslim.slim(onnx.ModelProto.FromString(proto.SerializeToString()))
+    except Exception:  # noqa: BLE001 - simplification is an optimization, never a requirement
+        return proto, False
+    if slim is None or len(slim.graph.node) >= len(proto.graph.node):
+        return proto, False
+    # onnxslim may rename the graph's I/O; keep ours.
+    if [i.name for i in slim.graph.input] != [INPUT_NAME] or [o.name for o in slim.graph.output] != [OUTPUT_NAME]:
+        return proto, False
+    return slim, True
+
+
+def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """fp16 weights and activations inside the graph (what TensorRT's strongly typed mode builds as FP16);
+    the graph's input and output stay fp32 (one Cast at each end) so callers feed the same tensors."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with quiet():
+        half = convert_float_to_float16(onnx.ModelProto.FromString(proto.SerializeToString()), keep_io_types=True,
+                                        disable_shape_infer=False)
+    toposort_(half.graph)  # the converter appends its boundary Casts at the end of the node list
+    return half
+
+
+def toposort_(graph: onnx.GraphProto) -> None:
+    """Order the nodes so each one comes after the producers of its inputs (ONNX requires it)."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | \
+                {i.values.name for i in graph.sparse_initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise GemdeployError("the ONNX graph has a cycle or a dangling input; cannot order its nodes")
+        for n in ready:
+            ordered.append(n)
+            available.update(n.output)
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def to_sparse_storage(proto: onnx.ModelProto, min_saving: float = 0.0) -> tuple[onnx.ModelProto, list[str]]:
+    """Store each weight whose zeros make it smaller as an ONNX ``sparse_initializer`` (COO: the non-zero
+    values plus their int64 linear indices, 12 bytes per kept weight instead of 4 per weight).
+
+    ONNX Runtime densifies sparse initializers when it loads the model; TensorRT's ONNX parser does not
+    read them, so engines are built from the dense files. Returns (model, names stored sparse)."""
+    out = onnx.ModelProto.FromString(proto.SerializeToString())
+    keep, sparse, names = [], [], []
+    for init in out.graph.initializer:
+        arr = numpy_helper.to_array(init)
+        if arr.dtype != np.float32 or arr.ndim < 2:
+            keep.append(init)
+            continue
+        flat = arr.reshape(-1)
+        nz = np.flatnonzero(flat)
+        dense_bytes, sparse_bytes = flat.nbytes, nz.size * (4 + 8)
+        if sparse_bytes >= dense_bytes * (1.0 - min_saving):
+            keep.append(init)
+            continue
+        values = numpy_helper.from_array(flat[nz].astype(np.float32), name=init.name)
+        indices = numpy_helper.from_array(nz.astype(np.int64), name=f"{init.name}.indices")
+        sparse.append(onnx.helper.make_sparse_tensor(values, indices, list(arr.shape)))
+        names.append(init.name)
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(keep)
+    out.graph.sparse_initializer.extend(sparse)
+    return out, names
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX Runtime
+
+
+def ort_session(model: str | Path | bytes, providers: list[str] | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = max(1, min(4, os.cpu_count() or 1))
+    src = str(model) if isinstance(model, (str, Path)) else model
+    try:
+        return ort.InferenceSession(src, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        raise GemdeployError(f"ONNX Runtime cannot load the model: {str(exc).strip().splitlines()[0]}") from None
+
+
+def ort_run(session, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().float().numpy()
+    outs = [session.run([OUTPUT_NAME], {INPUT_NAME: images[i:i + batch_size]})[0]
+            for i in range(0, len(images), batch_size)]
+    return np.concatenate(outs).astype(np.float32)
+
+
+def torch_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    with torch.no_grad():
+        return torch.cat([model(images[i:i + batch_size].float()) for i in range(0, len(images), batch_size)]).numpy()
+
+
+def compare(reference: np.ndarray, got: np.ndarray, precision: str) -> dict:
+    """fp32: max abs diff <= 1e-4 x the logits' scale (max |logit|); fp16/int8: top-1 agreement."""
+    diff = float(np.max(np.abs(reference - got))) if reference.size else 0.0
+    scale = float(max(np.max(np.abs(reference)), 1e-6)) if reference.size else 1.0
+    agreement = float(np.mean(reference.argmax(1) == got.argmax(1))) if reference.size else 1.0
+    out = {"precision": precision, "samples": int(len(reference)), "max_abs_diff": diff, "logit_scale": scale,
+           "top1_agreement": agreement}
+    if precision == "fp32":
+        out["tolerance"] = FP32_REL_TOL * scale
+        out["ok"] = bool(np.isfinite(diff) and diff <= out["tolerance"])
+    elif precision == "fp16":
+        out["min_top1_agreement"] = FP16_MIN_AGREEMENT
+        out["ok"] = bool(agreement >= FP16_MIN_AGREEMENT)
+    else:
+        out["ok"] = bool(np.isfinite(got).all())
+    return out
+
+
+def verify(path: str | Path, model: nn.Module, images: torch.Tensor, precision: str,
+           reference: np.ndarray | None = None) -> dict:
+    """Run the ONNX file with ONNX Runtime on ``images`` and compare with PyTorch fp32."""
+    reference = torch_logits(model, images) if reference is None else reference
+    got = ort_run(ort_session(path), images)
+    if got.shape != reference.shape:
+        return {"precision": precision, "ok": False, "error": f"output shape {got.shape} != PyTorch's {reference.shape}"}
+    return compare(reference, got, precision)
+
+
+def describe_failure(check: dict) -> str:
+    if "error" in check:
+        return check["error"]
+    if check["precision"] == "fp32":
+        return (f"max |ONNX Runtime - PyTorch| = {check['max_abs_diff']:.3g} > {check['tolerance']:.3g} "
+                f"(1e-4 x logit scale {check['logit_scale']:.3g}) on {check['samples']} images")
+    if check["precision"] == "fp16":
+        return f"top-1 agreement with PyTorch {check['top1_agreement']:.2%} < {FP16_MIN_AGREEMENT:.1%} on {check['samples']} images"
+    return "non-finite outputs"
+
+
+def write_verified(proto: onnx.ModelProto, dest: str | Path, check: Callable[[Path], dict], what: str) -> dict:
+    """Save ``proto`` to a temp file next to ``dest``, run ``check`` on it, rename it into place only if
+    the check passes; raise GemdeployError (and leave nothing behind) otherwise."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp.onnx")
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        data = proto.SerializeToString()
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        result = check(tmp)
+        if not result.get("ok"):
+            raise GemdeployError(f"{what} failed verification, not written: {describe_failure(result)}")
+        os.replace(tmp, dest)
+        return result
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def graph_summary(proto: onnx.ModelProto) -> dict:
+    from collections import Counter
+
+    return {"opset": max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None),
+            "nodes": len(proto.graph.node), "ops": dict(sorted(Counter(n.op_type for n in proto.graph.node).items())),
+            "initializers": len(proto.graph.initializer), "sparse_initializers": len(proto.graph.sparse_initializer)}
