@@ -37,6 +37,8 @@ def mine(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the training step."),
     data_dir: Optional[Path] = typer.Option(None, help="Where cifar10/cifar100/imagefolder data lives."),
     download: bool = typer.Option(False, "--download", help="Let torchvision download CIFAR into --data-dir."),
+    imp_rewind_iter: int = typer.Option(DEFAULTS.imp_rewind_iter, help="IMP: rewind to this iteration (at most one epoch)."),
+    imp_from: Optional[Path] = typer.Option(None, help="IMP: reuse the levels of an earlier IMP run (same model, data, seed, recipe)."),
     round_to: int = typer.Option(DEFAULTS.round_to, help="Compaction keeps channel counts multiples of this."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
@@ -55,7 +57,8 @@ def mine(
             model=model, data=data, sparsity=sparsity, method=method, pattern=pattern, epochs=epochs,
             finetune_epochs=finetune_epochs, batch_size=batch_size, lr=lr, finetune_lr=finetune_lr, lam=lam,
             freeze_period=freeze_period, init=init, seed=seed, device=device, compile=compile,
-            data_dir=str(data_dir) if data_dir else None, download=download, round_to=round_to))
+            data_dir=str(data_dir) if data_dir else None, download=download, round_to=round_to,
+                         imp_rewind_iter=imp_rewind_iter, imp_from=str(imp_from) if imp_from else None))
     finally:
         dist.teardown()
 

@@ -33,6 +33,7 @@ class MineConfig:
     download: bool = False
     round_to: int = 8
     imp_rewind_iter: int = 1000  # IMP: rewind point (iterations), capped at one epoch for small data sets
+    imp_from: str | None = None  # IMP: reuse the levels of an earlier IMP run on the same trajectory
     extra: dict = field(default_factory=dict)
 
     @property
