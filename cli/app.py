@@ -7,10 +7,12 @@ import typer
 from gemdeploy.cli.doctor import doctor
 from gemdeploy.cli.export import export
 from gemdeploy.cli.mine import mine
+from gemdeploy.cli.sanity import sanity
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mine lottery tickets at initialization (Gem-Miner), compact them and ship fast engines.")
 app.command("mine")(mine)
+app.command("sanity")(sanity)
 app.command("export")(export)
 app.command("doctor")(doctor)
 
