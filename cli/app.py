@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from gemdeploy.cli.bench import bench
+from gemdeploy.cli.compact import compact
 from gemdeploy.cli.doctor import doctor
 from gemdeploy.cli.export import export
 from gemdeploy.cli.mine import mine
@@ -15,6 +17,8 @@ app.command("mine")(mine)
 app.command("sanity")(sanity)
 app.command("export")(export)
 app.command("doctor")(doctor)
+app.command("compact")(compact)
+app.command("bench")(bench)
 
 
 @app.command("methods")

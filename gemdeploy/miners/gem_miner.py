@@ -6,6 +6,15 @@ straight-through gradient to p, the loss adds ``lambda * sum(p^2)``, and p is pr
 [0, 1] after every SGD step. Every ``freeze_period`` epochs the lowest-|p| fraction of the still
 active weights (pooled over all layers) is frozen out for good (flag = 0), on a geometric schedule
 that ends exactly at the target density. The ticket is ``flag``.
+
+Patterns (``--pattern``):
+  * ``2:4`` (N:M from ``--nm``): in eligible layers (gemdeploy.nm.nm_eligible_layers) the forward mask also keeps
+    only the top-N scores of each group of M input channels among the active weights, and every freezing round
+    keeps weights only from that projection, so the ticket holds exactly N:M there; ``--sparsity`` then removes
+    more, unstructured, on top (a density above N/M in those layers is capped at N/M).
+  * ``channel``: one score per output channel of each coupled channel group (Torch-Pruning groups: a residual
+    stage shares one score per channel), so a frozen-out channel zeroes every producer row of the group and
+    compaction removes it; ``--sparsity`` is the fraction of those channels removed.
 """
 
 from __future__ import annotations
@@ -18,24 +27,29 @@ from gemdeploy.context import Checkpoint, PhaseTimer, RunContext
 from gemdeploy.finetune import wrap_ddp
 from gemdeploy.masks import Mask, global_keep, keep_count, prunable_weights
 from gemdeploy.miners.base import METHODS, Method, Ticket
+from gemdeploy.nm import nm_eligible_layers, nm_mask_from_scores, parse_nm
 from gemdeploy.training import (cosine_lr, evaluate, load_momentum_buffers, maybe_compile, momentum_buffers, set_lr,
                                 sgd, train_epoch)
 
 THRESHOLD = 0.5
 
 
-def straight_through_mask(scores: torch.Tensor) -> torch.Tensor:
-    """``1[p > 0.5]`` in the forward pass, identity gradient in the backward pass."""
+def straight_through_mask(scores: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """``1[p > 0.5]`` (times ``allowed``) in the forward pass, identity gradient in the backward pass."""
     hard = (scores > THRESHOLD).to(scores.dtype)
+    if allowed is not None:
+        hard = hard * allowed
     return hard + scores - scores.detach()
 
 
 class ScoredNetwork(nn.Module):
     """Wraps a network whose weights are frozen; the trainable parameters are the scores."""
 
-    def __init__(self, net: nn.Module, generator: torch.Generator):
+    def __init__(self, net: nn.Module, generator: torch.Generator, nm: tuple[int, int] | None = None):
         super().__init__()
         self.net = net
+        self.nm = nm
+        self.nm_layers = nm_eligible_layers(net, nm[1]) if nm else set()
         for p in net.parameters():
             p.requires_grad_(False)
         self.names = list(prunable_weights(net))
@@ -48,9 +62,16 @@ class ScoredNetwork(nn.Module):
     def flags(self) -> list[torch.Tensor]:
         return [getattr(self, f"flag{i}") for i in range(len(self.names))]
 
+    def _nm_allowed(self, name: str, scores: torch.Tensor, flag: torch.Tensor) -> torch.Tensor | None:
+        """The N:M projection of the active weights' |p| in an eligible layer (None elsewhere)."""
+        if name not in self.nm_layers:
+            return None
+        return nm_mask_from_scores(scores.abs(), *self.nm, active=flag)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = prunable_weights(self.net)
-        effective = {k: weights[k] * straight_through_mask(s) * f for k, s, f in zip(self.names, self.scores, self.flags())}
+        effective = {k: weights[k] * straight_through_mask(s, self._nm_allowed(k, s, f)) * f
+                     for k, s, f in zip(self.names, self.scores, self.flags())}
         return functional_call(self.net, effective, (x,))
 
     def l2_penalty(self) -> torch.Tensor:
@@ -73,9 +94,84 @@ class ScoredNetwork(nn.Module):
     def freeze_to(self, keep: int) -> None:
         """Freeze out the lowest-|p| active weights so that exactly ``keep`` stay active (globally pooled)."""
         scores = {k: s.abs() for k, s in zip(self.names, self.scores)}
-        eligible = {k: f for k, f in zip(self.names, self.flags())}
+        eligible = {}
+        for k, s, f in zip(self.names, self.scores, self.flags()):
+            allowed = self._nm_allowed(k, s, f)  # N:M layers keep weights only from their projection
+            eligible[k] = f if allowed is None else f * allowed
         new = global_keep(scores, keep, eligible=eligible)
         for k, f in zip(self.names, self.flags()):
+            f.copy_(new[k])
+
+
+class ChannelScoredNetwork(nn.Module):
+    """Gem-Miner over channels: one score per channel of each coupled channel group; a channel's score masks
+    the matching output row of every producer (conv/linear) in its group. Same interface as ScoredNetwork."""
+
+    def __init__(self, net: nn.Module, generator: torch.Generator, input_shape: tuple[int, ...]):
+        super().__init__()
+        from gemdeploy.channels import build_graph, channel_groups
+
+        self.net = net
+        groups = channel_groups(net, build_graph(net, input_shape))  # traced through autograd: before freezing
+        for p in net.parameters():
+            p.requires_grad_(False)
+        weights = prunable_weights(net)
+        self.names = list(weights)
+        device = next(net.parameters()).device
+        self.scores = nn.ParameterList([nn.Parameter(torch.rand(g.size, generator=generator).to(device)) for g in groups])
+        for i, g in enumerate(groups):
+            self.register_buffer(f"flag{i}", torch.ones(g.size, device=device))
+        # weight name -> (group index, member row of each root channel); a layer produces for one group at most
+        self.rows = {k: (i, rows.to(device)) for i, g in enumerate(groups) for k, rows in g.producers}
+
+    def flags(self) -> list[torch.Tensor]:
+        return [getattr(self, f"flag{i}") for i in range(len(self.scores))]
+
+    def _row_masks(self, channel_masks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        weights = prunable_weights(self.net)
+        out = {}
+        for k, (i, rows) in self.rows.items():
+            w = weights[k]
+            per_row = torch.zeros(w.shape[0], device=w.device, dtype=channel_masks[i].dtype)
+            per_row = per_row.scatter(0, rows, channel_masks[i])
+            out[k] = per_row.view(-1, *([1] * (w.dim() - 1)))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = prunable_weights(self.net)
+        masks = self._row_masks([straight_through_mask(s) * f for s, f in zip(self.scores, self.flags())])
+        effective = {k: weights[k] * m for k, m in masks.items()}
+        return functional_call(self.net, effective, (x,))
+
+    def l2_penalty(self) -> torch.Tensor:
+        return sum((s * s).sum() for s in self.scores)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        for s in self.scores:
+            s.clamp_(0.0, 1.0)
+
+    def flag_mask(self) -> Mask:
+        weights = prunable_weights(self.net)
+        rows = self._row_masks([f.detach() for f in self.flags()])
+        return Mask({k: (rows[k].expand_as(w).clone() if k in rows else torch.ones_like(w)).float()
+                     for k, w in weights.items()})
+
+    def active_density(self) -> float:
+        """Fraction of channels the forward pass uses right now."""
+        kept = sum(int(((s > THRESHOLD) & (f > 0)).sum()) for s, f in zip(self.scores, self.flags()))
+        return kept / max(1, sum(s.numel() for s in self.scores))
+
+    def channel_density(self) -> float:
+        return sum(float(f.sum()) for f in self.flags()) / max(1, sum(f.numel() for f in self.flags()))
+
+    @torch.no_grad()
+    def freeze_to(self, keep: int) -> None:
+        """Freeze out the lowest-|p| active channels, pooled over all groups, so that ``keep`` stay."""
+        keys = [str(i) for i in range(len(self.scores))]
+        scores = {k: s.abs() for k, s in zip(keys, self.scores)}
+        new = global_keep(scores, keep, eligible=dict(zip(keys, self.flags())))
+        for k, f in zip(keys, self.flags()):
             f.copy_(new[k])
 
 
@@ -96,11 +192,15 @@ def freeze_schedule(epochs: int, period: int, total: int, density: float) -> dic
 class GemMiner(Method):
     name = "gem-miner"
     has_scores = True
+    patterns = ("unstructured", "2:4", "channel")
 
     def find_ticket(self, ctx: RunContext) -> Ticket:
         cfg, hw = ctx.config, ctx.hw
         gen = torch.Generator().manual_seed(cfg.seed + 1)
-        scored = ScoredNetwork(ctx.fresh_model(), gen)
+        if cfg.pattern == "channel":
+            scored = ChannelScoredNetwork(ctx.fresh_model(), gen, tuple(ctx.data.input_shape))
+        else:
+            scored = ScoredNetwork(ctx.fresh_model(), gen, parse_nm(cfg.nm) if cfg.pattern == "2:4" else None)
         names = {id(s): f"scores.{i}" for i, s in enumerate(scored.scores)}
         optimizer = sgd(scored.scores, cfg.lr, cfg.momentum, 0.0)
         total = sum(s.numel() for s in scored.scores)
@@ -140,7 +240,13 @@ class GemMiner(Method):
         scored.eval()
         val = evaluate(scored, ctx.data.val, hw)
         mask = scored.flag_mask()
+        info = {"lam": lam, "freeze_schedule": {str(k): v for k, v in schedule.items()},
+                "mining_seconds": timer.elapsed(), "mined_val_acc": val.acc, "pattern": cfg.pattern}
+        if cfg.pattern == "channel":
+            # Scores are per channel; what sanity checks need per weight is the mask itself.
+            info["channel_sparsity"] = 1.0 - scored.channel_density()
+            return Ticket(mask.cpu(), None, info)
+        if cfg.pattern == "2:4":
+            info["nm"], info["nm_layers"] = cfg.nm, sorted(scored.nm_layers)
         scores = {k: s.detach().clone() for k, s in zip(scored.names, scored.scores)}
-        return Ticket(mask.cpu(), {k: v.cpu() for k, v in scores.items()},
-                      {"lam": lam, "freeze_schedule": {str(k): v for k, v in schedule.items()},
-                       "mining_seconds": timer.elapsed(), "mined_val_acc": val.acc})
+        return Ticket(mask.cpu(), {k: v.cpu() for k, v in scores.items()}, info)

@@ -1,0 +1,82 @@
+"""`gemdeploy compact`: compact a finished run, or project it to N:M into a new run and compact that."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gemdeploy.cli.errors import friendly_errors
+from gemdeploy.config import MineConfig
+
+DEFAULTS = MineConfig()
+
+
+@friendly_errors
+def compact(
+    run: Path = typer.Argument(..., help="A finished run directory (from `gemdeploy mine`)."),
+    pattern: Optional[str] = typer.Option(None, help="2:4: project the run's weights to N:M by magnitude, fine-tune "
+                                                     "briefly and write the result to --out. Default: compact RUN as it is."),
+    nm: str = typer.Option(DEFAULTS.nm, help="N:M used by --pattern 2:4 (kept N of every M input channels)."),
+    finetune_epochs: int = typer.Option(1, help="With --pattern 2:4: fine-tuning epochs after the projection."),
+    round_to: int = typer.Option(DEFAULTS.round_to, help="Keep channel counts multiples of this."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="With --pattern 2:4: the new run directory to write."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing compaction (or --out directory)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (fine-tuning after a projection)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    json_out: bool = typer.Option(False, "--json", help="Print the compaction record's totals as JSON."),
+) -> None:
+    """Remove dead channels and store the sparse weights compactly (compact.json + compact.safetensors)."""
+    from gemdeploy.artifacts import RunArtifacts
+    from gemdeploy.compaction import RECORD, compact_run
+    from gemdeploy.errors import GemdeployError
+
+    if pattern is None:
+        if out is not None:
+            raise GemdeployError("--out is only used with --pattern 2:4 (plain compaction writes into RUN)")
+        artifacts = RunArtifacts.open(run)
+        if artifacts.run.has(RECORD) and not overwrite:
+            old = artifacts.run.read_json(RECORD)
+            if old.get("round_to") != round_to:
+                raise GemdeployError(f"{run} is already compacted with --round-to {old.get('round_to')}; "
+                                     f"pass --overwrite to redo it with --round-to {round_to}")
+            record, target = old, run
+        else:
+            record, target = compact_run(artifacts, round_to), run
+    elif pattern == "2:4":
+        if out is None:
+            raise GemdeployError("--pattern 2:4 writes a new run: pass --out DIR (RUN itself is never modified)")
+        if Path(out).resolve() == Path(run).resolve():
+            raise GemdeployError("--out must differ from RUN: the source run is never modified")
+        from gemdeploy.nm_project import project_run
+
+        project_run(run, out, nm=nm, finetune_epochs=finetune_epochs, round_to=round_to, overwrite=overwrite,
+                    device=device, quiet=quiet)
+        record, target = RunArtifacts.open(out).run.read_json(RECORD), out
+    else:
+        raise GemdeployError(f"unknown --pattern {pattern!r} for compact; choose 2:4 (or leave it out)")
+    print_record(record, target, json_out)
+
+
+def print_record(record: dict, path: Path, json_out: bool) -> None:
+    import json
+
+    if json_out:
+        print(json.dumps({k: record[k] for k in ("before", "after", "file_bytes", "round_to", "check")}, indent=2))
+        return
+    before, after, files = record["before"], record["after"], record["file_bytes"]
+    table = Table(title=f"gemdeploy compact -> {path}")
+    for col in ("", "before", "after", "ratio"):
+        table.add_column(col, justify="right")
+    rows = [("parameters", before["params"], after["params"]), ("nonzero parameters", before["nonzero_params"], after["nonzero_params"]),
+            ("MACs", before["macs"], after["macs"]), ("nonzero MACs", before["nonzero_macs"], after["nonzero_macs"]),
+            ("file bytes", files["dense"], files["compact"])]
+    for name, b, a in rows:
+        table.add_row(name, f"{b:,}", f"{a:,}", f"{a / b:.3f}" if b else "-")
+    Console().print(table)
+    changed = [r for r in record["layers"] if (r["in_before"], r["out_before"]) != (r["in_after"], r["out_after"])]
+    print(f"{len(changed)} of {len(record['layers'])} layers thinner; max |logit diff| "
+          f"{record['check']['max_abs_logit_diff']:.2e} (logit scale {record['check']['logit_scale']:.2e})")

@@ -1,0 +1,211 @@
+"""Compaction: lossless channel removal on every registered model, sparse storage, reload from the run directory."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from gemdeploy.artifacts import RunArtifacts
+from gemdeploy.channels import build_graph, channel_groups
+from gemdeploy.compaction import compact_model, compact_run, load_compacted_model
+from gemdeploy.data import load_data
+from gemdeploy.errors import GemdeployError
+from gemdeploy.masks import Mask, prunable_weights
+from gemdeploy.models import MODELS, build_model
+from gemdeploy.sparse_store import load_sparse, save_sparse
+
+SHAPE = (1, 16, 16)  # real MNIST digits, downsampled so that every model stays fast on 2 cores
+
+
+@pytest.fixture(scope="module")
+def digits() -> torch.Tensor:
+    """8 real MNIST test images at 16x16."""
+    x, _ = next(iter(load_data("mnist5k").test.batches(8)))
+    return torch.nn.functional.interpolate(x, size=SHAPE[1:], mode="bilinear", align_corners=False)
+
+
+def _kill_channels(model: nn.Module, gen: torch.Generator, frac: float = 0.4) -> list[str]:
+    """Zero whole channels coherently across each coupled group (every producer row: dead), or every
+    consumer column (unread), plus 50% random weights; returns the roots of the groups touched."""
+    graph = build_graph(model, SHAPE)
+    touched = []
+    with torch.no_grad():
+        for i, cg in enumerate(channel_groups(model, graph)):
+            chans = torch.nonzero(torch.rand(cg.size, generator=gen) < frac).flatten()
+            if len(chans) == 0:
+                continue
+            touched.append(cg.root)
+            unread = i % 3 == 2
+            for it in cg.group.items:
+                mod = it.dep.target.module
+                if not isinstance(mod, (nn.Conv2d, nn.Linear)):
+                    continue
+                is_out = "out_channels" in it.dep.handler.__name__
+                roots = torch.as_tensor(it.root_idxs)
+                idxs = torch.as_tensor(list(it.idxs))[torch.isin(roots, chans)]
+                if is_out and not unread:
+                    mod.weight[idxs] = 0
+                elif not is_out and unread:
+                    mod.weight[:, idxs] = 0
+        for w in prunable_weights(model).values():
+            w.mul_((torch.rand(w.shape, generator=gen) < 0.5).float())
+    return touched
+
+
+def _settle_bn(model: nn.Module, x: torch.Tensor) -> None:
+    """Real BatchNorm statistics: a few training-mode passes (a dead channel keeps running mean 0)."""
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_compaction_is_exact_for_every_model(name, digits):
+    gen = torch.Generator().manual_seed(1)
+    torch.manual_seed(0)
+    model = build_model(name, SHAPE, 10)
+    _kill_channels(model, gen)
+    _settle_bn(model, digits)
+    compacted, steps = compact_model(model, SHAPE, round_to=8)
+    with torch.no_grad():
+        ref, out = model(digits), compacted(digits)
+    assert (ref - out).abs().max() <= 1e-5 * ref.abs().max()
+    before = sum(p.numel() for p in model.parameters())
+    after = sum(p.numel() for p in compacted.parameters())
+    assert steps and after < 0.9 * before, (name, before, after)
+    # Every layer whose channels changed keeps multiples of 8.
+    old = dict(model.named_modules())
+    for lname, mod in compacted.named_modules():
+        if isinstance(mod, nn.Conv2d) and mod.out_channels != old[lname].out_channels:
+            assert mod.out_channels % 8 == 0, (lname, mod.out_channels)
+
+
+def test_residual_stage_channels_are_removed_only_together(digits):
+    gen = torch.Generator().manual_seed(2)
+    model = build_model("resnet20", SHAPE, 10)
+    graph = build_graph(model, SHAPE)
+    stage = next(cg for cg in channel_groups(model, graph) if cg.root == "conv1")  # stem + stage-1 residual adds
+    with torch.no_grad():
+        for k, rows in stage.producers:
+            dict(model.named_parameters())[k][rows[:8]] = 0  # channels 0-7 dead in every producer
+        model.layers[0].conv2.weight[8:16] = 0  # 8-15 dead in one producer only: the sum still carries them
+    _settle_bn(model, torch.randn(8, *SHAPE, generator=gen))
+    compacted, _ = compact_model(model, SHAPE, round_to=1)
+    assert compacted.conv1.out_channels == 8
+    assert compacted.layers[0].conv2.out_channels == 8 and compacted.layers[2].conv1.in_channels == 8
+    with torch.no_grad():
+        ref, out = model(digits), compacted(digits)
+    assert (ref - out).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_batchnorm_shift_keeps_a_zero_channel_alive(digits):
+    model = build_model("conv4", SHAPE, 10, affine_bn=True)
+    conv, bn = model[0][0], model[0][1]
+    with torch.no_grad():
+        conv.weight[:16] = 0  # 16 zero filters ...
+        bn.bias.zero_()
+        bn.bias[0] = 0.5  # ... but channel 0's BatchNorm shift would output a constant 0.5
+    model.eval()
+    compacted, _ = compact_model(model, SHAPE, round_to=1)
+    assert compacted[0][0].out_channels == 64 - 15
+    with torch.no_grad():
+        ref, out = model(digits), compacted(digits)
+    assert (ref - out).abs().max() <= 1e-5 * ref.abs().max()
+    # A nonzero running mean leaks -mean/std the same way.
+    model2 = build_model("conv4", SHAPE, 10)
+    with torch.no_grad():
+        model2[0][0].weight[:16] = 0
+        model2[0][1].running_mean[3] = 0.2
+    compacted2, _ = compact_model(model2.eval(), SHAPE, round_to=1)
+    assert compacted2[0][0].out_channels == 64 - 15
+
+
+def test_round_to_keeps_multiples(digits):
+    model = build_model("conv4", SHAPE, 10)
+    with torch.no_grad():
+        model[0][0].weight[:13] = 0
+    model.eval()
+    assert compact_model(model, SHAPE, round_to=8)[0][0][0].out_channels == 56  # 51 kept -> rounded up to 56
+    assert compact_model(model, SHAPE, round_to=1)[0][0][0].out_channels == 51
+    assert compact_model(model, SHAPE, round_to=64)[0][0][0].out_channels == 64
+    with pytest.raises(GemdeployError, match="round-to"):
+        compact_model(model, SHAPE, round_to=0)
+
+
+def test_no_dead_channels_leaves_shapes_unchanged():
+    torch.manual_seed(3)
+    model = build_model("resnet20", SHAPE, 10)
+    Mask({k: (torch.rand_like(w) < 0.5).float() for k, w in prunable_weights(model).items()}).apply_(model)
+    compacted, steps = compact_model(model.eval(), SHAPE, round_to=8)
+    assert steps == []
+    assert {k: v.shape for k, v in compacted.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
+def test_sparse_storage_is_exact_and_tracks_nonzeros(tmp_path):
+    gen = torch.Generator().manual_seed(4)
+    dense = torch.randn(256, 256, 3, 3, generator=gen)
+    sparse = dense * (torch.rand(dense.shape, generator=gen) < 0.014)
+    half = dense * (torch.rand(dense.shape, generator=gen) < 0.5)
+    tensors = {"sparse": sparse, "half": half, "dense": dense, "ints": torch.arange(10), "tiny": torch.zeros(3)}
+    save_sparse(tmp_path / "w.safetensors", tensors)
+    back = load_sparse(tmp_path / "w.safetensors")
+    assert set(back) == set(tensors)
+    for k, v in tensors.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
+    save_sparse(tmp_path / "s.safetensors", {"w": sparse})
+    size = (tmp_path / "s.safetensors").stat().st_size
+    assert size <= 0.04 * dense.numel() * 4  # 1.4% density: values + int32 indices ~ 2.8% of dense bytes
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00\x01garbage")
+    with pytest.raises(GemdeployError, match="corrupt"):
+        load_sparse(tmp_path / "bad.safetensors")
+
+
+def _copy_minimal(src, dst):
+    """A copy of the run holding only what loading the compacted model may need."""
+    dst.mkdir()
+    for name in ("config.json", "model.json", "compact.json", "compact.safetensors"):
+        shutil.copy(src / name, dst / name)
+    return dst
+
+
+def test_mine_compacts_and_the_run_reloads_from_its_directory_alone(conv_run, tmp_path):
+    art = RunArtifacts.open(conv_run)
+    record = art.run.read_json("compact.json")
+    assert record["after"]["nonzero_params"] <= record["before"]["nonzero_params"]
+    assert record["file_bytes"]["compact"] < record["file_bytes"]["dense"]
+    assert {"layer", "in_before", "in_after", "out_before", "out_after", "density_after", "nm_holds"} <= set(record["layers"][0])
+    summary = art.summary()
+    assert summary["compaction"]["after"]["params"] == record["after"]["params"]
+    ref = art.finetuned_model()
+    art.mask().apply_(ref)
+    loaded = load_compacted_model(RunArtifacts.open(_copy_minimal(conv_run, tmp_path / "copy")))
+    assert not loaded.training
+    x, _ = next(iter(art.data().test.batches(32)))  # the run's own real test images
+    with torch.no_grad():
+        a, b = ref(x), loaded(x)
+    assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+
+
+def test_load_without_compaction_or_with_corrupt_files_fails_cleanly(conv_run, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.json"):
+        shutil.copy(conv_run / name, bare / name)
+    with pytest.raises(GemdeployError, match="not been compacted"):
+        load_compacted_model(RunArtifacts.open(bare))
+    broken = _copy_minimal(conv_run, tmp_path / "broken")
+    (broken / "compact.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(GemdeployError, match="corrupt"):
+        load_compacted_model(RunArtifacts.open(broken))
+
+
+def test_compact_run_is_deterministic(conv_run, tmp_path):
+    copy = tmp_path / "again"
+    shutil.copytree(conv_run, copy)
+    first = RunArtifacts.open(copy).run.read_json("compact.json")
+    again = compact_run(RunArtifacts.open(copy), first["round_to"])
+    assert again["steps"] == first["steps"] and again["after"] == first["after"]
