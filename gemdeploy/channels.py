@@ -20,6 +20,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from gemdeploy.nm import satisfies_nm
+
 # Parameter-free ops (autograd names) that map an all-zero channel to an all-zero channel and never mix channels.
 ZERO_PRESERVING_OPS = ("Relu", "Hardtanh", "Add", "Mean", "MaxPool", "AvgPool", "View", "Reshape", "Flatten",
                        "TBackward", "Cat", "Split", "Unbind", "Squeeze", "Permute", "Clone", "Contiguous")
@@ -58,7 +60,8 @@ def channel_groups(model: nn.Module, graph: tp.DependencyGraph) -> list[ChannelG
     groups = []
     for group in graph.get_all_groups():
         members = [it.dep.target.module for it in group.items]
-        if any(m in outputs for m in members):
+        # The network's output channels stay (a final layer that only *reads* the group is fine).
+        if any(it.dep.target.module in outputs and _is_out(it.dep.handler) for it in group.items):
             continue
         if any(m not in names and not any(op in str(m) for op in ZERO_PRESERVING_OPS) for m in members):
             continue
@@ -131,20 +134,58 @@ def round_removal(removable: torch.Tensor, round_to: int) -> list[int]:
     return sorted(candidates[: size - target])
 
 
+def _keeps_nm(cg: ChannelGroup, remove: list[int], nm: tuple[int, int]) -> bool:
+    """Whether every consumer that holds the N:M pattern still holds it once the ``remove`` channels are gone
+    (removing input channels shifts the groups of M that follow)."""
+    n, m = nm
+    gone = torch.as_tensor(remove, dtype=torch.long)
+    for it in cg.group.items:
+        mod = it.dep.target.module
+        if not isinstance(mod, (nn.Conv2d, nn.Linear)) or _is_out(it.dep.handler) or getattr(mod, "groups", 1) != 1:
+            continue
+        w = mod.weight.detach().cpu()
+        if not satisfies_nm(w, n, m):
+            continue
+        drop = torch.as_tensor(list(it.idxs), dtype=torch.long)[torch.isin(torch.as_tensor(it.root_idxs), gone)]
+        keep = torch.ones(w.shape[1], dtype=torch.bool)
+        keep[drop] = False
+        if not satisfies_nm(w[:, keep], n, m):
+            return False
+    return True
+
+
+def plan_removal(cg: ChannelGroup, round_to: int, nm: tuple[int, int] | None = None) -> list[int]:
+    """The channels of ``cg`` to remove. With ``nm``, consumers that hold the N:M pattern must keep it: when single
+    removals would shift their groups of M, only whole aligned blocks of M removable channels go."""
+    removable = removable_channels(cg)
+    idxs = round_removal(removable, round_to)
+    if not idxs or nm is None or _keeps_nm(cg, idxs, nm):
+        return idxs
+    m = nm[1]
+    blocks = removable[: cg.size // m * m].view(-1, m).all(1)
+    step = math.lcm(max(1, round_to), m)
+    kept = cg.size - m * int(blocks.sum())
+    target = min(cg.size, max(step, math.ceil(kept / step) * step))
+    chosen = torch.nonzero(blocks).flatten().tolist()[: (cg.size - target) // m]
+    idxs = sorted(b * m + j for b in chosen for j in range(m))
+    return idxs if idxs and _keeps_nm(cg, idxs, nm) else []
+
+
 def prune_step(graph: tp.DependencyGraph, model: nn.Module, root: str, idxs: list[int]) -> None:
     module = dict(model.named_modules())[root]
     pruner = graph.get_pruner_of_module(module)
     graph.get_pruning_group(module, pruner.prune_out_channels, idxs).prune()
 
 
-def compact_channels(model: nn.Module, input_shape: tuple[int, ...], round_to: int, max_passes: int = 10) -> list[dict]:
+def compact_channels(model: nn.Module, input_shape: tuple[int, ...], round_to: int, nm: tuple[int, int] | None = None,
+                     max_passes: int = 10) -> list[dict]:
     """Remove every removable channel of ``model`` in place; returns the steps (root module, channel indices at
     that point) that `replay_steps` applies to a fresh copy of the architecture. Passes repeat because
     removing a channel can make another one dead or unread."""
     graph = build_graph(model, input_shape)
     steps: list[dict] = []
     for _ in range(max_passes):
-        planned = [(cg.root, round_removal(removable_channels(cg), round_to)) for cg in channel_groups(model, graph)]
+        planned = [(cg.root, plan_removal(cg, round_to, nm)) for cg in channel_groups(model, graph)]
         planned = [(root, idxs) for root, idxs in planned if idxs]
         if not planned:
             break

@@ -28,12 +28,14 @@ RECORD, WEIGHTS = "compact.json", "compact.safetensors"
 RECORD_VERSION = 1
 
 
-def compact_model(model: nn.Module, input_shape: tuple[int, ...], round_to: int) -> tuple[nn.Module, list[dict]]:
-    """A compacted copy of ``model`` (its pruned weights already exactly zero) and the removal steps."""
+def compact_model(model: nn.Module, input_shape: tuple[int, ...], round_to: int,
+                  nm: tuple[int, int] | None = None) -> tuple[nn.Module, list[dict]]:
+    """A compacted copy of ``model`` (its pruned weights already exactly zero) and the removal steps; with ``nm``,
+    layers that hold the N:M pattern still hold it afterwards."""
     if round_to < 1:
         raise GemdeployError(f"--round-to must be >= 1, got {round_to}")
     compacted = copy.deepcopy(model).eval()
-    steps = compact_channels(compacted, input_shape, round_to)
+    steps = compact_channels(compacted, input_shape, round_to, nm)
     return compacted, steps
 
 
@@ -106,9 +108,11 @@ def compact_run(artifacts: RunArtifacts, round_to: int) -> dict:
     mask = artifacts.mask()
     mask.check_matches(model)
     mask.apply_(model)  # the ticket's pruned weights are zero by construction; make sure of it
-    compacted, steps = compact_model(model, shape, round_to)
-    diff, scale = _max_logit_diff(model, compacted, shape)
     n, m = parse_nm(artifacts.config.nm)
+    # A 2:4 ticket's pattern must survive: channel removal may not shift its groups of M.
+    keep_nm = (n, m) if artifacts.config.pattern == "2:4" else None
+    compacted, steps = compact_model(model, shape, round_to, keep_nm)
+    diff, scale = _max_logit_diff(model, compacted, shape)
     save_sparse(run / WEIGHTS, compacted.state_dict())
     dense_bytes = (run / "weights.safetensors").stat().st_size
     record = {

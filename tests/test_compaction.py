@@ -209,3 +209,19 @@ def test_compact_run_is_deterministic(conv_run, tmp_path):
     first = RunArtifacts.open(copy).run.read_json("compact.json")
     again = compact_run(RunArtifacts.open(copy), first["round_to"])
     assert again["steps"] == first["steps"] and again["after"] == first["after"]
+
+
+def test_compaction_keeps_a_2_4_pattern_aligned():
+    from gemdeploy.nm import nm_mask_from_scores, satisfies_nm
+
+    torch.manual_seed(5)
+    model = build_model("conv4", SHAPE, 10)
+    with torch.no_grad():
+        w = model[0][3].weight  # reads the first conv's 64 channels
+        w.mul_(nm_mask_from_scores(torch.rand_like(w), 2, 4))
+        model[0][0].weight[[1, 2, 3, 4, 5, 6, 7, 8, 9]] = 0  # 9 dead channels; only 4-7 form an aligned block
+    model.eval()
+    free, _ = compact_model(model, SHAPE, round_to=1)
+    assert free[0][3].in_channels == 55 and not satisfies_nm(free[0][3].weight, 2, 4)  # shifted groups
+    aligned, _ = compact_model(model, SHAPE, round_to=1, nm=(2, 4))
+    assert aligned[0][3].in_channels == 60 and satisfies_nm(aligned[0][3].weight, 2, 4)
