@@ -1,0 +1,286 @@
+"""`gemdeploy export`: real exports, real ONNX Runtime, NVIDIA's polygraphy checker, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from conftest import assert_clean_error, run_cli
+from gemdeploy.errors import GemdeployError
+from gemdeploy.exporters import onnx_export as ox
+from gemdeploy.exporters.sparsity import apply_24_magnitude_, onnx_24_report
+from gemdeploy.exporters.tensorrt_build import cuda_status, tensorrt_status
+from gemdeploy.models import MODELS, build_model
+
+SHAPE = (1, 16, 16)
+
+
+def _tiny(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_model(name, SHAPE, 10).eval()
+    for m in model.modules():  # non-trivial BatchNorm statistics, as after training
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_registered_model_exports_and_verifies(name, tmp_path):
+    model = _tiny(name)
+    x = torch.randn(16, *SHAPE)
+    # torch.export (the default) for two models; the faster TorchScript exporter for the rest keeps this quick.
+    exporter = "dynamo" if name in ("lenet300", "resnet20") else "torchscript"
+    proto, used = ox.torch_to_onnx(model, x, exporter=exporter)
+    assert used == exporter
+    ox.full_check(proto)
+    proto, _ = ox.simplify(proto)
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert [i.name for i in proto.graph.input] == ["input"] and [o.name for o in proto.graph.output] == ["logits"]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    dest = tmp_path / "m.onnx"
+    check = ox.write_verified(proto, dest, lambda p: ox.verify(p, model, x, "fp32"), "fp32")
+    assert check["ok"] and check["max_abs_diff"] <= 1e-4 * check["logit_scale"]
+    # The dynamic batch really works: a batch size never seen at export time.
+    out = ox.ort_run(ox.ort_session(dest), x[:3])
+    assert out.shape == (3, 10)
+
+
+def test_fp16_graph_holds_fp16_tensors_and_agrees(tmp_path):
+    model = _tiny("resnet20")
+    x = torch.randn(64, *SHAPE)
+    proto, _ = ox.torch_to_onnx(model, x, exporter="torchscript")
+    half = ox.to_fp16(proto)
+    ox.full_check(half)
+    conv_weights = {n.input[1] for n in half.graph.node if n.op_type == "Conv"}
+    inits = {i.name: i for i in half.graph.initializer}
+    assert conv_weights and all(inits[w].data_type == onnx.TensorProto.FLOAT16 for w in conv_weights)
+    check = ox.write_verified(half, tmp_path / "h.onnx", lambda p: ox.verify(p, model, x, "fp16"), "fp16")
+    assert check["top1_agreement"] >= 0.995
+
+
+def test_failed_verification_is_an_error_and_leaves_no_file(tmp_path):
+    model = _tiny("lenet300")
+    x = torch.randn(32, *SHAPE)
+    proto, _ = ox.torch_to_onnx(model, x, exporter="torchscript")
+    # Corrupt one weight of the graph: ONNX Runtime now disagrees with PyTorch.
+    init = max(proto.graph.initializer, key=lambda i: int(np.prod(i.dims)))
+    arr = numpy_helper.to_array(init).copy()
+    arr.flat[: arr.size // 2] += 0.5
+    init.CopyFrom(numpy_helper.from_array(arr, init.name))
+    dest = tmp_path / "bad.onnx"
+    with pytest.raises(GemdeployError, match="failed verification"):
+        ox.write_verified(proto, dest, lambda p: ox.verify(p, model, x, "fp32"), "the fp32 ONNX")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _polygraphy_sparsity(path: Path) -> tuple[set[str], set[str]]:
+    exe = Path(sys.executable).with_name("polygraphy")
+    proc = subprocess.run([str(exe), "inspect", "sparsity", str(path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = proc.stdout + proc.stderr
+    return set(re.findall(r"Found sparse tensor: (\S+)", text)), set(re.findall(r"Found non-sparse tensor: (\S+)", text))
+
+
+def _small_convnet() -> torch.nn.Module:
+    """Convs (4 eligible: C_in a multiple of 4), a depthwise conv (never eligible) and Linears, BN folded at export."""
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16, affine=False), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32, affine=False), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False), nn.BatchNorm2d(32, affine=False), nn.ReLU(),
+        nn.Conv2d(32, 32, 1, bias=False), nn.BatchNorm2d(32, affine=False), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 4 * 4, 64, bias=False), nn.BatchNorm1d(64, affine=False), nn.ReLU(),
+        nn.Linear(64, 10),
+    ).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_24_layout_survives_export_per_polygraphy(precision, tmp_path):
+    model = _small_convnet()
+    apply_24_magnitude_(model)  # TensorRT's layout: 2 zeros in every 4 input channels
+    x = torch.randn(8, *SHAPE)
+    proto, _ = ox.torch_to_onnx(model, x)  # the default exporter, as `gemdeploy export` uses
+    proto, _ = ox.simplify(proto)
+    if precision == "fp16":
+        proto = ox.to_fp16(proto)
+    path = tmp_path / f"m.{precision}.onnx"
+    onnx.save(proto, path)
+    ours = onnx_24_report(proto)
+    sparse, dense = _polygraphy_sparsity(path)
+    assert len(ours) == 4 and all(ours.values())  # conv 16->32, conv 1x1, two Linears (Gemm)
+    assert dense == set(), dense
+    assert sparse == set(ours)
+
+
+def test_24_report_flags_unstructured_weights():
+    model = _tiny("conv4")  # dense random weights: not 2:4
+    proto, _ = ox.torch_to_onnx(model, torch.randn(2, *SHAPE), exporter="torchscript")
+    report = onnx_24_report(proto)
+    assert report and not any(report.values())
+
+
+def test_sparse_storage_is_smaller_and_runs(tmp_path):
+    model = _tiny("lenet300")
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.mul_((torch.rand_like(m.weight) < 0.02).float())
+    x = torch.randn(32, *SHAPE)
+    proto, _ = ox.torch_to_onnx(model, x, exporter="torchscript")
+    sparse, names = ox.to_sparse_storage(proto)
+    assert names and len(sparse.graph.sparse_initializer) == len(names)
+    check = ox.write_verified(sparse, tmp_path / "s.onnx", lambda p: ox.verify(p, model, x, "fp32"), "sparse")
+    assert check["ok"]
+    assert (tmp_path / "s.onnx").stat().st_size < len(proto.SerializeToString()) / 5
+
+
+# ---------------------------------------------------------------- the real CLI on a real ticket
+
+
+@pytest.fixture(scope="module")
+def exported(lenet_run, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("export") / "lenet"
+    shutil.copytree(lenet_run, run, ignore=shutil.ignore_patterns("export"))
+    proc = run_cli("export", run, "--precision", "fp16", "--precision", "int8", "--calib-samples", "256")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return run
+
+
+def test_cli_export_writes_verified_artifacts(exported):
+    out = exported / "export"
+    record = json.loads((out / "export.json").read_text())
+    for name in ("model.fp32.onnx", "model.fp16.onnx", "model.int8.onnx", "model.sparse.onnx"):
+        assert (out / name).is_file(), name
+        side = json.loads((out / name.replace(".onnx", ".json")).read_text())
+        assert side["bytes"] == (out / name).stat().st_size and side["verification"]["ok"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging or temp files left
+    assert record["source"] in ("compacted", "finetuned")
+    assert record["source"] == ("compacted" if (exported / "compact.json").is_file() else "finetuned")
+    fp32 = json.loads((out / "model.fp32.json").read_text())
+    assert fp32["verification"]["max_abs_diff"] <= 1e-4 * fp32["verification"]["logit_scale"]
+    assert fp32["graph"]["opset"] >= 17
+    # fp32's accuracy matches what the run measured in PyTorch (same model, same test split).
+    summary = json.loads((exported / "summary.json").read_text())
+    assert abs(record["accuracy"]["fp32"] - summary["test_acc"]) <= 0.002
+    sizes = record["sizes"]
+    assert sizes["sparse_storage_bytes"] < sizes["dense_bytes"] / 5  # a 98.6%-sparse ticket
+
+
+def test_int8_is_symmetric_qdq_and_accurate(exported):
+    from gemdeploy.calibration.int8 import qdq_report
+
+    out = exported / "export"
+    proto = onnx.load(str(out / "model.int8.onnx"))
+    report = qdq_report(proto)
+    assert report["quantize_linear"] > 0 and report["dequantize_linear"] > 0
+    assert report["symmetric"] and report["zero_points"] > 0
+    gemm = {k: v for k, v in report["layers"].items() if v["op"] in ("Gemm", "MatMul", "Conv")}
+    assert gemm and all(v["weight_int8"] and v["per_channel"] and v["input_dequantized"] for v in gemm.values()), gemm
+    inits = {i.name: i for i in proto.graph.initializer}
+    for n in proto.graph.node:  # zero points all exactly 0
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2:
+            assert not numpy_helper.to_array(inits[n.input[2]]).any()
+    record = json.loads((out / "export.json").read_text())
+    assert record["accuracy"]["int8"] >= record["accuracy"]["fp32"] - 0.01  # within 1 point on mnist5k
+    side = json.loads((out / "model.int8.json").read_text())
+    assert side["calibration"]["samples"] == 256 and side["calibration"]["method"] == "entropy"
+
+
+def test_second_export_reuses_the_calibration_cache(exported):
+    out = exported / "export"
+    first = json.loads((out / "model.int8.json").read_text())["calibration"]
+    assert first["cache_hit"] is False
+    cache = Path(first["cache"])
+    assert cache.is_file()
+    before = cache.stat().st_mtime_ns
+    proc = run_cli("export", exported, "--precision", "int8", "--calib-samples", "256", "--overwrite",
+                   "--no-sparse-storage", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    second = json.loads((out / "model.int8.json").read_text())["calibration"]
+    assert second["cache_hit"] is True and second["cache_key"] == first["cache_key"]
+    assert cache.stat().st_mtime_ns == before
+
+
+def test_existing_artifacts_are_not_overwritten(exported):
+    before = (exported / "export" / "model.fp32.onnx").read_bytes()
+    proc = run_cli("export", exported)
+    assert_clean_error(proc, "--overwrite")
+    assert (exported / "export" / "model.fp32.onnx").read_bytes() == before
+
+
+@pytest.mark.skipif(tensorrt_status()["available"] and cuda_status()["available"],
+                    reason="TensorRT and a GPU are present: the build test covers --trt")
+def test_export_trt_without_tensorrt_names_what_is_missing_and_keeps_onnx(lenet_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(lenet_run, run, ignore=shutil.ignore_patterns("export"))
+    proc = run_cli("export", run, "--trt", "--quiet", "--no-sparse-storage")
+    missing = "TensorRT" if not tensorrt_status()["available"] else "CUDA GPU"
+    assert_clean_error(proc, "--trt needs TensorRT and a CUDA GPU", missing, "pip install tensorrt")
+    assert (run / "export" / "model.fp32.onnx").is_file()
+    assert json.loads((run / "export" / "export.json").read_text())["tensorrt"] == {"built": False}
+
+
+def _copy_without(lenet_run, tmp_path, *drop) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(lenet_run, run, ignore=shutil.ignore_patterns("export", *drop))
+    return run
+
+
+def test_run_without_fine_tuned_ticket_is_refused(lenet_run, tmp_path):
+    run = _copy_without(lenet_run, tmp_path, "weights.safetensors", "compact.*")
+    assert_clean_error(run_cli("export", run), "no fine-tuned ticket")
+    assert not (run / "export").exists() or not any((run / "export").iterdir())
+
+
+def test_corrupt_weights_are_refused(lenet_run, tmp_path):
+    run = _copy_without(lenet_run, tmp_path)
+    (run / "weights.safetensors").write_bytes(b"\x00garbage" * 10)
+    assert_clean_error(run_cli("export", run), "corrupt")
+    assert not (run / "export").exists() or not any((run / "export").iterdir())
+
+
+def test_bad_options_are_one_line_errors(lenet_run, tmp_path):
+    assert_clean_error(run_cli("export", tmp_path / "nope"), "not a gemdeploy run directory")
+    assert_clean_error(run_cli("export", lenet_run, "--precision", "bf16"), "unknown precision", "int8")
+    assert_clean_error(run_cli("export", lenet_run, "--calib-method", "kl"), "unknown calibration method", "entropy")
+
+
+def _trt_missing() -> str | None:
+    trt, cuda = tensorrt_status(), cuda_status()
+    if not trt["available"]:
+        return trt["reason"]
+    if not cuda["available"]:
+        return f"no CUDA GPU: {cuda['reason']}"
+    return None
+
+
+@pytest.mark.skipif(_trt_missing() is not None, reason=f"TensorRT engine build needs it: {_trt_missing()}")
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_tensorrt_engine_build_with_sparse_weights(lenet_run, tmp_path, precision):
+    run = _copy_without(lenet_run, tmp_path)
+    cache = tmp_path / "timing.cache"
+    proc = run_cli("export", run, "--trt", "--precision", precision, "--timing-cache", cache, "--max-batch", "64")
+    assert proc.returncode in (0, 3), proc.stderr
+    side = json.loads((run / "export" / f"engine.{precision}.json").read_text())
+    assert side["precision"] == precision and side["profile"]["max"][0] == 64 and side["tensorrt"]
+    assert (run / "export" / f"engine.{precision}.plan").stat().st_size > 0 and cache.is_file()
+    proc = run_cli("export", run, "--trt", "--precision", precision, "--timing-cache", cache, "--max-batch", "64",
+                   "--overwrite")
+    assert json.loads((run / "export" / f"engine.{precision}.json").read_text())["timing_cache_reused"] is True
