@@ -82,13 +82,15 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, input_shape:
     if not (1 <= min_batch <= opt_batch <= max_batch):
         raise GemdeployError(f"need 1 <= --min-batch <= --opt-batch <= --max-batch (got {min_batch}, {opt_batch}, {max_batch})")
     logger = trt.Logger(trt.Logger.WARNING)
+    major = int(str(trt.__version__).split(".")[0])
     builder = trt.Builder(logger)
     flags = 0
-    strongly_typed = _flag(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
-    if strongly_typed is not None:
-        flags |= 1 << int(strongly_typed)
-    explicit_batch = _flag(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH")  # deprecated no-op in 10, gone in 11
-    if explicit_batch is not None and int(trt.__version__.split(".")[0]) < 10:
+    typed_flag = _flag(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")  # 10.x; strong typing is the rule in 11
+    if typed_flag is not None:
+        flags |= 1 << int(typed_flag)
+    strongly_typed = typed_flag is not None or major >= 11
+    explicit_batch = _flag(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH")  # required < 10, gone in 11
+    if explicit_batch is not None and major < 10:
         flags |= 1 << int(explicit_batch)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -96,22 +98,30 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, input_shape:
         errors = []
         for i in range(parser.num_errors):
             err = parser.get_error(i)
-            node = err.node() if callable(getattr(err, "node", None)) else "?"
-            errors.append(f"[{i + 1}/{parser.num_errors}] node {node}: {err.desc()} ({err.code()})")
+            where = []
+            for attr in ("node_name", "node_operator", "node"):
+                fn = getattr(err, attr, None)
+                if callable(fn):
+                    try:
+                        where.append(f"{attr}={fn()}")
+                    except Exception:  # noqa: BLE001 - optional detail only
+                        pass
+            errors.append(f"[{i + 1}/{parser.num_errors}] {' '.join(where)}: {err.desc()} (code {err.code()})")
         raise GemdeployError(f"TensorRT's ONNX parser rejected {onnx_path}: " + " | ".join(errors))
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
-    if sparse:
-        config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+    sparse_flag = _flag(trt.BuilderFlag, "SPARSE_WEIGHTS")
+    if sparse and sparse_flag is not None:
+        config.set_flag(sparse_flag)
     detailed = _flag(trt.ProfilingVerbosity, "DETAILED")
     if detailed is not None:
         config.profiling_verbosity = detailed
-    if strongly_typed is None and precision in ("fp16", "int8"):
-        # TensorRT < 10 has no strongly typed networks; fall back to the (then current) precision flags.
-        config.set_flag(trt.BuilderFlag.FP16)
-        if precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)
+    if not strongly_typed and precision in ("fp16", "int8"):
+        # TensorRT < 10 has no strongly typed networks: fall back to the precision flags it still has.
+        for name in ("FP16", "INT8") if precision == "int8" else ("FP16",):
+            if _flag(trt.BuilderFlag, name) is not None:
+                config.set_flag(getattr(trt.BuilderFlag, name))
 
     profile = builder.create_optimization_profile()
     name = network.get_input(0).name
@@ -141,7 +151,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, input_shape:
     cuda = cuda_status()
     sidecar = {
         "tensorrt": trt.__version__, "gpu": cuda.get("gpu"), "compute_capability": cuda.get("capability"),
-        "precision": precision, "strongly_typed": strongly_typed is not None, "sparse_weights_flag": sparse,
+        "precision": precision, "strongly_typed": strongly_typed, "sparse_weights_flag": bool(sparse and sparse_flag is not None),
         "profile": {"input": name, "min": [min_batch, c, h, w], "opt": [opt_batch, c, h, w], "max": [max_batch, c, h, w]},
         "workspace_mib": workspace_mib, "timing_cache": str(timing_cache) if timing_cache else None,
         "timing_cache_reused": cache_reused, "build_seconds": round(build_s, 3), "onnx": str(onnx_path),
@@ -153,8 +163,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, input_shape:
 
 
 def _inspect_layers(engine) -> list[dict]:
-    """Per-layer information from the engine inspector; a layer ran a sparse tactic when its tactic
-    name says so (TensorRT names them ``...sparse...``) or the inspector reports sparsity."""
+    """Per-layer information from the engine inspector; a layer runs a sparse tensor-core tactic when its
+    tactic name says so (TensorRT names those kernels ``..._sparse_...``)."""
     import tensorrt as trt
 
     if not hasattr(engine, "create_engine_inspector"):
@@ -170,7 +180,6 @@ def _inspect_layers(engine) -> list[dict]:
         if isinstance(layer, str):  # without DETAILED verbosity layers are bare names
             out.append({"name": layer})
             continue
-        text = json.dumps(layer).lower()
         out.append({"name": layer.get("Name"), "type": layer.get("LayerType"), "tactic": layer.get("TacticName"),
-                    "sparse": "sparse" in str(layer.get("TacticName", "")).lower() or '"sparsity"' in text})
+                    "sparse": "sparse" in str(layer.get("TacticName", "")).lower()})
     return out
