@@ -5,11 +5,7 @@ Each script owns one section, delimited by HTML comments, so scripts never clobb
 
 from __future__ import annotations
 
-import os
-import platform
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
@@ -17,17 +13,9 @@ HEADER = "# Benchmarks\n\nEvery figure here was produced by a script in `benchma
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
-            f"{gpu}, Python {platform.python_version()}")
+    from gemdeploy.machine import describe
+
+    return describe()
 
 
 def write_section(name: str, body: str) -> None:

@@ -1,0 +1,1 @@
+"""`gemdeploy bench`: accuracy, latency and size of each run's artifacts on each available backend."""
