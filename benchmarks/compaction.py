@@ -6,9 +6,10 @@
     .venv/bin/python -m benchmarks.compaction report      # rewrite the Compaction section of BENCHMARKS.md
 
 Runs land in benchmarks/results/compaction/runs (reused when present); results in .../compaction/*.json.
-Tickets for the size/latency figures come from short mining runs on mnist5k (1x28x28 inputs): the figures
-depend on the mask's structure, not on how long it was mined. Latency: the fine-tuned ticket with its dense
-shapes (what an unpruned deployment runs) and the compacted model, timed alternately in one process.
+Tickets for the size/latency figures come from short mining runs on the 8x8 `digits` set (cheap on 2 cores);
+the figures depend on the mask's structure, not on how long it was mined. resnet20 and vgg16 are fully
+convolutional up to a global pool, so MACs and latency are measured on CIFAR-sized 1x32x32 inputs. Latency: the
+ticket with its dense shapes (what an unpruned deployment runs) and the compacted model, timed alternately.
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ ACC_TICKETS = [
 ]
 
 
-def mine(name: str, model: str, args: list[str], epochs: int, finetune_epochs: int) -> Path:
+def mine(name: str, model: str, args: list[str], epochs: int, finetune_epochs: int, data: str = "mnist5k") -> Path:
     out = RUNS / name
     if (out / "summary.json").is_file() and (out / "compact.json").is_file():
         return out
-    cmd = [sys.executable, "-m", "gemdeploy.cli", "mine", "--model", model, "--data", "mnist5k", "--out", str(out),
+    cmd = [sys.executable, "-m", "gemdeploy.cli", "mine", "--model", model, "--data", data, "--out", str(out),
            "--epochs", str(epochs), "--finetune-epochs", str(finetune_epochs), "--quiet", "--device", "cpu", *args]
     if out.exists():
         cmd.append("--resume")
@@ -73,31 +74,32 @@ def latency_ms(models: dict[str, torch.nn.Module], shape: tuple[int, ...], batch
 
 
 @app.command()
-def size(epochs: int = 1, reps1: int = 30, reps64: int = 5) -> None:
+def size(epochs: int = 1, reps1: int = 30, reps64: int = 5, image: int = 32) -> None:
     from gemdeploy.artifacts import RunArtifacts
-    from gemdeploy.compaction import load_compacted_model
+    from gemdeploy.compaction import load_compacted_model, model_totals
 
     rows = []
     for model in ("resnet20", "vgg16"):
         for label, args in SIZE_TICKETS:
             slug = f"size-{model}-" + label.split()[0].replace(":", "of")  + ("-only" if "only" in label else "")
-            out = mine(slug, model, args, epochs, 0)
+            out = mine(slug, model, args, epochs, 0, data="digits")
             art = RunArtifacts.open(out)
             rec = art.run.read_json("compact.json")
             dense = art.finetuned_model()
             art.mask().apply_(dense)
             compact = load_compacted_model(art)
-            shape = tuple(art.input_shape)
+            shape = (art.input_shape[0], image, image)
             lat1 = latency_ms({"dense": dense, "compact": compact}, shape, 1, reps1)
             lat64 = latency_ms({"dense": dense, "compact": compact}, shape, 64, reps64)
             rows.append({"model": model, "ticket": label, "run": str(out.relative_to(ROOT)),
-                         "weight_sparsity": art.summary()["sparsity"], "before": rec["before"], "after": rec["after"],
+                         "weight_sparsity": art.summary()["sparsity"], "before": model_totals(dense, shape),
+                         "after": model_totals(compact, shape), "input": list(shape),
                          "file_bytes": rec["file_bytes"], "latency_ms_b1": lat1, "latency_ms_b64": lat64,
                          "nm_holds": all(r["nm_holds"] for r in rec["layers"] if r["nm_eligible"])})
             print(json.dumps(rows[-1]), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "size.json").write_text(json.dumps({"machine": machine(), "threads": torch.get_num_threads(),
-                                                   "epochs": epochs, "rows": rows}, indent=2))
+                                                   "epochs": epochs, "image": image, "rows": rows}, indent=2))
 
 
 @app.command()
@@ -135,8 +137,10 @@ def report() -> None:
         parts += [
             "Command: `.venv/bin/python -m benchmarks.compaction size` (then `... report`)  ",
             f"Machine: {data['machine']}; torch threads: {data['threads']}; PyTorch eager, fp32, CPU.  ",
-            f"Tickets: Gem-Miner runs on mnist5k (1x28x28) with `--epochs {data['epochs']} --finetune-epochs 0`: "
-            "short mining runs, so only their structure matters here. *Dense* = the same ticket with its dense "
+            f"Tickets: Gem-Miner runs on `digits` (8x8) with `--epochs {data['epochs']} --finetune-epochs 0`: short "
+            "mining runs, so only their structure matters here (accuracy: next table). MACs and latency at "
+            f"1x{data['image']}x{data['image']} inputs (both nets are fully convolutional up to a global pool). "
+            "*Dense* = the same ticket with its dense "
             "shapes (zeros kept), which is what runs when nothing is compacted; latency median over repeats, the two "
             "models timed alternately in one process. File bytes: `weights.safetensors` (dense fp32) vs "
             "`compact.safetensors` (thinned, sparse-encoded).", "",

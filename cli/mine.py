@@ -25,6 +25,9 @@ def mine(
     method: str = typer.Option(DEFAULTS.method, help="gem-miner, dense, ... (see `gemdeploy methods`)."),
     pattern: str = typer.Option(DEFAULTS.pattern, help="Sparsity pattern: unstructured, 2:4 (N:M from --nm, along input "
                                                        "channels) or channel (--sparsity = fraction of channels removed)."),
+    channel_sparsity: Optional[float] = typer.Option(None, help="Gem-Miner: first remove this fraction of the channels "
+                                                                "(a channel ticket), then mine --pattern (unstructured or 2:4) "
+                                                                "to --sparsity inside the kept channels."),
     nm: str = typer.Option(DEFAULTS.nm, help="N:M for --pattern 2:4: keep at most N of every M consecutive input channels."),
     epochs: int = typer.Option(DEFAULTS.epochs, help="Mining epochs (per round for IMP)."),
     finetune_epochs: int = typer.Option(DEFAULTS.finetune_epochs, help="Fine-tuning epochs with the mask fixed."),
@@ -56,7 +59,7 @@ def mine(
     dist.setup_from_env(device)
     try:
         _mine(out, resume, overwrite, quiet, json_out, dict(
-            model=model, data=data, sparsity=sparsity, method=method, pattern=pattern, nm=nm, epochs=epochs,
+            model=model, data=data, sparsity=sparsity, method=method, pattern=pattern, nm=nm, channel_sparsity=channel_sparsity, epochs=epochs,
             finetune_epochs=finetune_epochs, batch_size=batch_size, lr=lr, finetune_lr=finetune_lr, lam=lam,
             freeze_period=freeze_period, init=init, seed=seed, device=device, compile=compile,
             data_dir=str(data_dir) if data_dir else None, download=download, round_to=round_to,

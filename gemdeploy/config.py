@@ -31,7 +31,8 @@ class MineConfig:
     compile: bool = False
     data_dir: str | None = None
     download: bool = False
-    round_to: int = 8
+    round_to: int = 8  # compaction keeps channel counts multiples of this
+    channel_sparsity: float | None = None  # Gem-Miner: first remove this fraction of channels, then mine --pattern inside
     imp_rewind_iter: int = 1000  # IMP: rewind point (iterations), capped at one epoch for small data sets
     imp_from: str | None = None  # IMP: reuse the levels of an earlier IMP run on the same trajectory
     extra: dict = field(default_factory=dict)

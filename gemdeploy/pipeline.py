@@ -40,6 +40,12 @@ def validate(cfg: MineConfig) -> None:
     for name in ("epochs", "finetune_epochs", "batch_size"):
         if getattr(cfg, name) < (0 if name == "finetune_epochs" else 1):
             raise GemdeployError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    if cfg.channel_sparsity is not None:
+        if cfg.pattern == "channel" or cfg.method != "gem-miner":
+            raise GemdeployError("--channel-sparsity combines a channel ticket with --pattern unstructured or 2:4 "
+                                 "(Gem-Miner only); with --pattern channel, --sparsity is the channel fraction")
+        if not (0.0 <= cfg.channel_sparsity < 1.0):
+            raise GemdeployError(f"--channel-sparsity must be in [0, 1), got {cfg.channel_sparsity}")
     if cfg.round_to < 1:
         raise GemdeployError(f"--round-to must be >= 1, got {cfg.round_to}")
     from gemdeploy.nm import parse_nm

@@ -81,3 +81,18 @@ def test_compact_errors_are_one_line(lenet_run, tmp_path):
     assert_clean_error(run_cli("compact", copy, "--overwrite"), "corrupt")
     assert_clean_error(run_cli("mine", "--model", "lenet300", "--data", "mnist5k", "--pattern", "2:4", "--nm", "4:2",
                                "--out", tmp_path / "bad"), "--nm")
+
+
+def test_channel_sparsity_combines_a_channel_ticket_with_unstructured_sparsity(tmp_path):
+    out = tmp_path / "lenet-ch-un"
+    run_cli("mine", "--model", "lenet300", "--data", "mnist5k", "--sparsity", "0.95", "--channel-sparsity", "0.5",
+            "--out", out, *TINY, check=True)
+    summary = json.loads((out / "summary.json").read_text())
+    assert abs(summary["sparsity"] - 0.95) < 0.005 and abs(summary["ticket"]["channel_sparsity"] - 0.5) < 0.01
+    mask = Mask.load(out / "mask.safetensors")
+    channels = Mask.load(out / "channel-mask.safetensors")
+    assert all(torch.all(mask[k] <= channels[k]) for k in mask)  # stage 2 stays inside the kept channels
+    record = json.loads((out / "compact.json").read_text())
+    assert sum(r["out_after"] for r in record["layers"][:2]) <= 0.5 * 400 + 16
+    assert_clean_error(run_cli("mine", "--model", "lenet300", "--data", "mnist5k", "--pattern", "channel",
+                               "--channel-sparsity", "0.5", "--out", tmp_path / "bad"), "--channel-sparsity")

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from gemdeploy import distributed as dist
 from gemdeploy.context import Checkpoint, PhaseTimer, RunContext
 from gemdeploy.finetune import wrap_ddp
 from gemdeploy.masks import Mask, global_keep, keep_count, prunable_weights
@@ -32,6 +33,7 @@ from gemdeploy.training import (cosine_lr, evaluate, load_momentum_buffers, mayb
                                 sgd, train_epoch)
 
 THRESHOLD = 0.5
+CHANNEL_MASK, CHANNEL_INFO = "channel-mask.safetensors", "channel-ticket.json"  # --channel-sparsity stage 1
 
 
 def straight_through_mask(scores: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
@@ -195,20 +197,61 @@ class GemMiner(Method):
     patterns = ("unstructured", "2:4", "channel")
 
     def find_ticket(self, ctx: RunContext) -> Ticket:
-        cfg, hw = ctx.config, ctx.hw
+        cfg = ctx.config
         gen = torch.Generator().manual_seed(cfg.seed + 1)
+        shape = tuple(ctx.data.input_shape)
         if cfg.pattern == "channel":
-            scored = ChannelScoredNetwork(ctx.fresh_model(), gen, tuple(ctx.data.input_shape))
-        else:
-            scored = ScoredNetwork(ctx.fresh_model(), gen, parse_nm(cfg.nm) if cfg.pattern == "2:4" else None)
+            scored = ChannelScoredNetwork(ctx.fresh_model(), gen, shape)
+            mask, info = self._mine(ctx, scored, "mine", cfg.density)
+            # Scores are per channel; what sanity checks need per weight is the mask itself.
+            info["channel_sparsity"] = 1.0 - scored.channel_density()
+            return Ticket(mask.cpu(), None, info)
+
+        channel_info = None
+        scored = ScoredNetwork(ctx.fresh_model(), gen, parse_nm(cfg.nm) if cfg.pattern == "2:4" else None)
+        if cfg.channel_sparsity is not None:
+            # Stage 1: a channel ticket; stage 2 mines the weight pattern inside the kept channels.
+            channels = self._channel_stage(ctx, shape)
+            with torch.no_grad():
+                for f, k in zip(scored.flags(), scored.names):
+                    f.copy_(channels[k].to(f.device))
+            channel_info = ctx.run.read_json(CHANNEL_INFO)
+        mask, info = self._mine(ctx, scored, "mine", cfg.density)
+        if cfg.pattern == "2:4":
+            info["nm"], info["nm_layers"] = cfg.nm, sorted(scored.nm_layers)
+        if channel_info is not None:
+            info["channel_sparsity"] = channel_info["channel_sparsity"]
+            info["mining_seconds"] += channel_info["mining_seconds"]
+        scores = {k: s.detach().clone() for k, s in zip(scored.names, scored.scores)}
+        return Ticket(mask.cpu(), {k: v.cpu() for k, v in scores.items()}, info)
+
+    def _channel_stage(self, ctx: RunContext, shape: tuple[int, ...]) -> Mask:
+        """The channel ticket of ``--channel-sparsity``, kept in the run directory so a resume skips it."""
+        cfg = ctx.config
+        if ctx.run.has(CHANNEL_MASK) and ctx.run.has(CHANNEL_INFO):
+            return Mask.load(ctx.run / CHANNEL_MASK)
+        gen = torch.Generator().manual_seed(cfg.seed + 2)
+        scored = ChannelScoredNetwork(ctx.fresh_model(), gen, shape)
+        mask, info = self._mine(ctx, scored, "mine-channels", 1.0 - cfg.channel_sparsity)
+        if dist.is_main():
+            mask.save(ctx.run / CHANNEL_MASK)
+            ctx.run.write_json(CHANNEL_INFO, {"channel_sparsity": 1.0 - scored.channel_density(),
+                                              "mining_seconds": info["mining_seconds"]})
+        dist.barrier()
+        ctx.clear_checkpoint("mine-channels")
+        return mask
+
+    def _mine(self, ctx: RunContext, scored: nn.Module, phase: str, density: float) -> tuple[Mask, dict]:
+        """The Gem-Miner loop over ``scored``'s scores, checkpointed every epoch under ``phase``."""
+        cfg, hw = ctx.config, ctx.hw
         names = {id(s): f"scores.{i}" for i, s in enumerate(scored.scores)}
         optimizer = sgd(scored.scores, cfg.lr, cfg.momentum, 0.0)
         total = sum(s.numel() for s in scored.scores)
-        schedule = freeze_schedule(cfg.epochs, cfg.resolved_freeze_period(), total, cfg.density)
+        schedule = freeze_schedule(cfg.epochs, cfg.resolved_freeze_period(), total, density)
         lam = cfg.resolved_lam()
 
         start, timer = 0, PhaseTimer()
-        ckpt = ctx.load_checkpoint("mine")
+        ckpt = ctx.load_checkpoint(phase)
         if ckpt is not None:
             scored.load_state_dict({k: v for k, v in ckpt.tensors.items() if not k.startswith("momentum.")})
             load_momentum_buffers(optimizer, names, {k[len("momentum."):]: v for k, v in ckpt.tensors.items()
@@ -216,7 +259,7 @@ class GemMiner(Method):
             start, timer = ckpt.epoch, PhaseTimer(ckpt.elapsed)
 
         forward = maybe_compile(wrap_ddp(scored, hw), hw)
-        ctx.reporter.start("mine", cfg.epochs, start)
+        ctx.reporter.start(phase, cfg.epochs, start)
         for epoch in range(start, cfg.epochs):
             set_lr(optimizer, cosine_lr(cfg.lr, epoch, cfg.epochs))
             scored.train()
@@ -228,13 +271,13 @@ class GemMiner(Method):
             scored.eval()
             val = evaluate(scored, ctx.data.val, hw)
             flag_density = scored.flag_mask().density()
-            ctx.log({"phase": "mine", "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "loss": stats.loss,
+            ctx.log({"phase": phase, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "loss": stats.loss,
                      "train_acc": stats.acc, "val_acc": val.acc, "val_loss": val.loss, "density": flag_density,
                      "active_density": scored.active_density(), "images_per_s": stats.images_per_s,
                      "time_s": timer.elapsed()})
             tensors = dict(scored.state_dict())
             tensors.update({f"momentum.{k}": v for k, v in momentum_buffers(optimizer, names).items()})
-            ctx.save_checkpoint("mine", Checkpoint(epoch + 1, timer.elapsed(), tensors))
+            ctx.save_checkpoint(phase, Checkpoint(epoch + 1, timer.elapsed(), tensors))
             ctx.reporter.update(loss=stats.loss, acc=val.acc, density=flag_density)
 
         scored.eval()
@@ -242,11 +285,4 @@ class GemMiner(Method):
         mask = scored.flag_mask()
         info = {"lam": lam, "freeze_schedule": {str(k): v for k, v in schedule.items()},
                 "mining_seconds": timer.elapsed(), "mined_val_acc": val.acc, "pattern": cfg.pattern}
-        if cfg.pattern == "channel":
-            # Scores are per channel; what sanity checks need per weight is the mask itself.
-            info["channel_sparsity"] = 1.0 - scored.channel_density()
-            return Ticket(mask.cpu(), None, info)
-        if cfg.pattern == "2:4":
-            info["nm"], info["nm_layers"] = cfg.nm, sorted(scored.nm_layers)
-        scores = {k: s.detach().clone() for k, s in zip(scored.names, scored.scores)}
-        return Ticket(mask.cpu(), {k: v.cpu() for k, v in scores.items()}, info)
+        return mask, info
