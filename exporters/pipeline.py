@@ -234,8 +234,12 @@ def export_run(run_path: str | Path, opts: ExportOptions, log: Callable[[str], N
         else:
             record["sizes"]["dense_bytes"] = fp32_bytes
             record["sizes"]["compacted_bytes"] = None
-        if opts.sparse_storage:
-            sparse_proto, names = ox.to_sparse_storage(proto)
+        sparse_proto, names = ox.to_sparse_storage(proto) if opts.sparse_storage else (None, [])
+        if opts.sparse_storage and not names:
+            record["sizes"]["sparse_storage_bytes"] = fp32_bytes
+            record["sizes"]["sparse_storage_note"] = ("no weight is smaller in COO storage (needs under 1/3 density): "
+                                                      "model.sparse.onnx would equal model.fp32.onnx, not written")
+        if names:
             path = stage / "model.sparse.onnx"
             check_sp = ox.write_verified(sparse_proto, path,
                                          lambda p: ox.verify(p, model, verify_images, "fp32", reference),
@@ -247,7 +251,10 @@ def export_run(run_path: str | Path, opts: ExportOptions, log: Callable[[str], N
                                                "parser does not read them, so engines are built from model.fp32.onnx")
         record["sizes"]["int8_bytes"] = sidecars["int8"]["bytes"] if "int8" in sidecars else None
 
-        # ---- commit: every file verified; move them into place
+        # ---- commit: every file verified; move them into place (and drop a stale file this export replaces)
+        if opts.sparse_storage and "sparse" not in sidecars:  # (only ever a file --overwrite allowed)
+            for stale in ("model.sparse.onnx", "model.sparse.json"):
+                (out_dir / stale).unlink(missing_ok=True)
         for key, side in sidecars.items():
             name = side["file"]
             os.replace(stage / name, out_dir / name)

@@ -129,6 +129,18 @@ def test_24_layout_survives_export_per_polygraphy(precision, tmp_path):
     assert sparse == set(ours)
 
 
+def test_24_run_from_the_cli_exports_in_tensorrt_layout(tmp_path):
+    """A real `mine --pattern 2:4` ticket: NVIDIA's checker reports every eligible tensor of the export sparse."""
+    run = tmp_path / "l24"
+    run_cli("mine", "--model", "lenet300", "--data", "mnist5k", "--pattern", "2:4", "--sparsity", "0.5", "--epochs", "1",
+            "--finetune-epochs", "1", "--quiet", "--out", run, check=True)
+    run_cli("export", run, "--no-sparse-storage", "--quiet", check=True)
+    record = json.loads((run / "export" / "export.json").read_text())
+    assert record["pattern"] == "2:4" and record["sparsity_24"]["eligible"] == 3
+    sparse, dense = _polygraphy_sparsity(run / "export" / "model.fp32.onnx")
+    assert dense == set() and len(sparse) == record["sparsity_24"]["sparse"] == 3
+
+
 def test_24_report_flags_unstructured_weights():
     model = _tiny("conv4")  # dense random weights: not 2:4
     proto, _ = ox.torch_to_onnx(model, torch.randn(2, *SHAPE), exporter="torchscript")
