@@ -255,6 +255,9 @@ def write_verified(proto: onnx.ModelProto, dest: str | Path, check: Callable[[Pa
         result = check(tmp)
         if not result.get("ok"):
             raise GemdeployError(f"{what} failed verification, not written: {describe_failure(result)}")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # a shippable file: readable like any other the user creates (mkstemp: 0600)
         os.replace(tmp, dest)
         return result
     finally:

@@ -200,6 +200,7 @@ def export_run(run_path: str | Path, opts: ExportOptions, log: Callable[[str], N
             path = stage / "model.int8.onnx"
             calib_rec = quantize_int8(fp32_path, path, calib, method=opts.calib_method,
                                       cache_dir=out_dir / "calib-cache")
+            os.chmod(path, 0o644)
             q = onnx.load(str(path))
             ox.full_check(q)
             structure = qdq_report(q)
