@@ -85,3 +85,28 @@ def test_sharded_epochs_cover_every_example_once():
     m = load_data("digits")
     seen = torch.cat([m.train.order(epoch=1, train=True, seed=0, rank=r, world_size=2) for r in range(2)])
     assert set(seen.tolist()) == set(range(len(m.train)))
+
+
+def test_imagefolder_reads_an_imagenet_style_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("val", 4)):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    data = load_data("imagefolder", tmp_path)
+    assert data.num_classes == 2 and data.input_shape == (3, 224, 224)
+    assert len(data.test) == 8 and len(data.train) + len(data.val) == 24
+    data.train.workers = data.test.workers = 0  # no worker processes inside the test runner
+    x, y = next(data.train.batches(4, train=True))
+    assert x.shape == (4, 3, 224, 224) and set(y.tolist()) <= {0, 1}
+    seen = sum(len(y) for _, y in data.test.batches(3))
+    assert seen == 8
+
+
+def test_imagefolder_without_train_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(GemdeployError, match="train/ and val/"):
+        load_data("imagefolder", tmp_path)
