@@ -1,0 +1,87 @@
+"""The deployment comparison of issue 6: ResNet-20 tickets vs the dense model and IMP, on CPU backends.
+
+    .venv/bin/python -m benchmarks.deploy [--epochs 8] [--finetune-epochs 8] [--imp-epochs 1] [--threads 1]
+
+Mines (or reuses, with --keep) five runs on mnist5k: dense, Gem-Miner at 98.6% unstructured, Gem-Miner
+2:4, Gem-Miner with --pattern channel at 75% channel sparsity, and IMP at 98.6%; exports each (fp32 +
+INT8 Q/DQ), then times them all in ONE `gemdeploy bench` call so every ratio is measured side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+
+from benchmarks.report import ROOT, machine, markdown_table, write_section
+
+RUNS = {
+    "dense": ["--method", "dense"],
+    "gm-unstructured": ["--method", "gem-miner", "--sparsity", "0.986"],
+    "gm-2of4": ["--method", "gem-miner", "--pattern", "2:4", "--sparsity", "0.5"],
+    "gm-channel": ["--method", "gem-miner", "--pattern", "channel", "--sparsity", "0.75"],
+    "imp": ["--method", "imp", "--sparsity", "0.986"],
+}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gemdeploy.cli", *map(str, args)], capture_output=True, text=True,
+                          check=True)
+
+
+def main(epochs: int = 8, finetune_epochs: int = 8, imp_epochs: int = 1, threads: int = 1, iters: int = 30,
+         model: str = "resnet20", keep: bool = typer.Option(False, help="Reuse finished runs in the work folder."),
+         work: Path = ROOT / "benchmarks" / "results" / "deploy", write: bool = True) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, extra in RUNS.items():
+        out = work / "runs" / name  # runs/ is git-ignored
+        paths[name] = out
+        if keep and (out / "summary.json").is_file():
+            continue
+        e = imp_epochs if name == "imp" else (1 if name == "dense" else epochs)
+        print(f"mining {name} ...", flush=True)
+        cli("mine", "--model", model, "--data", "mnist5k", *extra, "--epochs", e, "--finetune-epochs", finetune_epochs,
+            "--quiet", "--overwrite", "--out", out)
+        cli("export", out, "--precision", "int8", "--overwrite")
+    report = work / "runs" / "bench"
+    proc = cli("bench", paths["gm-unstructured"], *[a for n in RUNS if n != "gm-unstructured" for a in ("--against", paths[n])],
+               "--batch-size", "1", "--batch-size", "64", "--threads", threads, "--iters", iters, "--warmup", "5",
+               "--out", report, "--overwrite", "--json")
+    result = json.loads(proc.stdout)
+    rows = []
+    for r in sorted(result["rows"], key=lambda r: (r["backend"], r["precision"], r["batch"], r["run"])):
+        rows.append([r["backend"], r["artifact"], r["batch"], r["run"], f"{r['test_acc']:.2%}",
+                     f"{r['latency_ms']['median']:.3f}", f"{r['speedup_vs_reference']:.2f}x" if r["speedup_vs_reference"] else "-",
+                     f"{r['nonzero_params']:,}", f"{r['macs']:,}", f"{r['file_bytes']:,}"])
+    goal = [r for r in result["rows"] if r["run"] == "gm-channel" and r["batch"] == 64 and r["precision"] == "fp32"]
+    dense = {(r["backend"]): r for r in result["rows"] if r["run"] == "dense" and r["batch"] == 64 and r["precision"] == "fp32"}
+    verdicts = []
+    for r in goal:
+        d = dense.get(r["backend"])
+        if d:
+            ok = r["speedup_vs_reference"] >= 3 and r["test_acc"] >= d["test_acc"] - 0.01
+            verdicts.append(f"- {r['backend']}: channel ticket {r['speedup_vs_reference']:.2f}x lower latency than dense at "
+                            f"batch 64, accuracy {r['test_acc']:.2%} vs dense {d['test_acc']:.2%} -> "
+                            f"{'meets' if ok else 'misses'} the goal (>= 3x, within 1 point)")
+    body = (f"## Deployment: ResNet-20 tickets vs dense and IMP (CPU)\n\n"
+            f"Command: `.venv/bin/python -m benchmarks.deploy --epochs {epochs} --finetune-epochs {finetune_epochs} "
+            f"--imp-epochs {imp_epochs} --threads {threads}` ({model} on mnist5k; Gem-Miner {epochs} mining + "
+            f"{finetune_epochs} fine-tuning epochs, IMP {imp_epochs} epoch(s) per round, dense {finetune_epochs} epochs; "
+            f"one `gemdeploy bench` call, {iters} timed calls after 5 warm-ups, {threads} CPU thread(s))  \n"
+            f"Machine: {machine()}\n\n"
+            + markdown_table(["backend", "artifact", "batch", "run", "test acc", "median ms", "speedup vs dense",
+                              "nonzeros", "MACs", "file bytes"], rows)
+            + "\n\nGoal check (channel-pattern ticket at batch 64):\n" + ("\n".join(verdicts) or "- not measured")
+            + "\n\nNot measured here: " + "; ".join(f"{u['backend']}: {u['reason']}" for u in result["unavailable"]
+                                                     if "run" not in u))
+    print(body)
+    if write:
+        write_section("deploy-cpu", body)
+
+
+if __name__ == "__main__":
+    typer.run(main)
