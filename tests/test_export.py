@@ -132,7 +132,7 @@ def test_24_layout_survives_export_per_polygraphy(precision, tmp_path):
 def test_24_run_from_the_cli_exports_in_tensorrt_layout(tmp_path):
     """A real `mine --pattern 2:4` ticket: NVIDIA's checker reports every eligible tensor of the export sparse."""
     run = tmp_path / "l24"
-    run_cli("mine", "--model", "lenet300", "--data", "mnist5k", "--pattern", "2:4", "--sparsity", "0.5", "--epochs", "1",
+    run_cli("mine", "--model", "lenet300", "--data", "digits", "--pattern", "2:4", "--sparsity", "0.5", "--epochs", "1",
             "--finetune-epochs", "1", "--quiet", "--out", run, check=True)
     run_cli("export", run, "--no-sparse-storage", "--quiet", check=True)
     record = json.loads((run / "export" / "export.json").read_text())
