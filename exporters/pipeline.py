@@ -68,6 +68,11 @@ def planned_files(opts: ExportOptions) -> list[str]:
 
 
 def validate(opts: ExportOptions) -> None:
+    try:
+        import onnxruntime  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a broken mix of onnxruntime and onnxruntime-gpu
+        raise GemdeployError(f"gemdeploy export verifies with ONNX Runtime, which does not import ({exc}); install "
+                             "one of `pip install -e .[cpu]` or, on GPU hosts, `pip install -e .[gpu]`") from None
     for p in opts.precisions:
         if p not in PRECISIONS:
             raise unknown_choice("precision", p, PRECISIONS)

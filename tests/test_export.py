@@ -163,6 +163,24 @@ def test_sparse_storage_is_smaller_and_runs(tmp_path):
     assert (tmp_path / "s.onnx").stat().st_size < len(proto.SerializeToString()) / 5
 
 
+@pytest.mark.parametrize("method", ["entropy", "percentile", "minmax"])
+def test_every_calibration_method_gives_symmetric_per_channel_qdq(method, tmp_path):
+    from gemdeploy.calibration.int8 import qdq_report, quantize_int8
+
+    model = _tiny("conv4")
+    x = torch.randn(32, *SHAPE)
+    proto, _ = ox.torch_to_onnx(model, x, exporter="torchscript")
+    onnx.save(proto, tmp_path / "m.onnx")
+    rec = quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", x, method=method, cache_dir=tmp_path / "cache")
+    assert rec["method"] == method and rec["cache_hit"] is False and Path(rec["cache"]).is_file()
+    report = qdq_report(onnx.load(str(tmp_path / "q.onnx")))
+    layers = report["layers"].values()
+    assert report["symmetric"] and len(layers) == 7  # 4 convs + 3 linears
+    assert all(v["weight_int8"] and v["per_channel"] and v["input_dequantized"] for v in layers), report["layers"]
+    agree = ox.compare(ox.torch_logits(model, x), ox.ort_run(ox.ort_session(tmp_path / "q.onnx"), x), "int8")
+    assert agree["top1_agreement"] >= 0.8
+
+
 # ---------------------------------------------------------------- the real CLI on a real ticket
 
 
