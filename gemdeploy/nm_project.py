@@ -39,6 +39,7 @@ def project_run(source: str | Path, out: str | Path, *, nm: str, finetune_epochs
 
     started = time.perf_counter()
     src = RunArtifacts.open(source)
+    RunDir.check_new(out, overwrite=overwrite)  # before any slow work
     n, m = parse_nm(nm)
     if finetune_epochs < 0:
         from gemdeploy.errors import GemdeployError
@@ -53,7 +54,6 @@ def project_run(source: str | Path, out: str | Path, *, nm: str, finetune_epochs
     hw = Hardware.resolve(cfg.device, cfg.compile)
     data = load_data(cfg.data, cfg.data_dir, False).to(hw.device, hw.channels_last)
 
-    RunDir.check_new(out, overwrite=overwrite)
     run = RunDir.create(out, overwrite=overwrite)
     run.save_tensors("init.safetensors", src.run.load_tensors("init.safetensors"))
     mask.save(run / "mask.safetensors")
