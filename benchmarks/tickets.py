@@ -116,14 +116,21 @@ def plot(agg: list[dict], model: str, data: str, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     rows = [a for a in agg if a["model"] == model and a["data"] == data]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     for method in sorted({a["method"] for a in rows}):
         pts = sorted((a["density"], a["test_acc_mean"], a["test_acc_std"]) for a in rows if a["method"] == method)
         ax.errorbar([p[0] * 100 for p in pts], [p[1] * 100 for p in pts], yerr=[p[2] * 100 for p in pts],
                     marker="o", capsize=3, label=method, linewidth=2.5 if method == "gem-miner" else 1.2)
     ax.set_xscale("log")
+    ticks = sorted({a["density"] for a in rows})
+    ax.set_xticks([t * 100 for t in ticks])
+    ax.set_xticklabels([f"{t * 100:g}%" for t in ticks])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("density (% of prunable weights kept, log scale)")
     ax.set_ylabel("test accuracy (%) after fine-tuning")
     ax.set_title(f"{model} / {data}: mean and spread over {max(a['seeds'] for a in rows)} seeds")
@@ -145,7 +152,7 @@ def _pool(jobs: int):
 def run_unit(unit) -> list[dict]:
     """Every method and density of one (model, data, seed): IMP first, down to the lowest density, so the
     other densities reuse its levels."""
-    model, data, epochs, finetune_epochs, method_list, dens, seed, runs, threads = unit
+    model, data, epochs, finetune_epochs, method_list, dens, seed, runs, threads, report_only = unit
     torch.set_num_threads(threads)
     runs = Path(runs)
     started = time.perf_counter()
@@ -158,8 +165,12 @@ def run_unit(unit) -> list[dict]:
                              finetune_epochs=finetune_epochs, seed=seed, device="cpu",
                              imp_from=str(deepest) if deepest is not None else None)
             path = run_dir(runs, model, data, method, d, seed)
+            if report_only and not (path / "summary.json").is_file():
+                continue
             t0 = time.perf_counter()
             s = one_run(cfg, path, prepared)
+            if (s["epochs"], s["finetune_epochs"]) != (epochs, finetune_epochs):
+                raise SystemExit(f"{path} was run with other epochs; use another --runs directory")
             if method in ("imp", "imp-ft") and deepest is None:
                 deepest = path
             records.append({"model": model, "data": data, "method": method, "density_target": d, "seed": seed,
@@ -176,10 +187,10 @@ def run_unit(unit) -> list[dict]:
 def run_sanity_unit(unit) -> dict | None:
     from gemdeploy.sanity import run_sanity
 
-    model, data, method, density, runs, threads, started = unit
+    model, data, method, density, runs, threads, report_only = unit
     torch.set_num_threads(threads)
     path = run_dir(Path(runs), model, data, method, density, 0)
-    if not path.is_dir():
+    if not (path / "summary.json").is_file() or (report_only and not (path / "sanity.json").is_file()):
         return None
     res = run_sanity(path, device="cpu")
     rec = {"model": model, "data": data, "method": method, "density": density, "original": res["original"]["test_acc"],
@@ -200,6 +211,7 @@ def main(
     out: Path = typer.Option(RESULTS, help="Where tickets.json and the plots go."),
     sanity_density: float = typer.Option(0.0144, help="Density of the tickets the sanity checks run on (0 = none)."),
     jobs: int = typer.Option(2, help="Worker processes (each runs whole (target, seed) units with --threads threads)."),
+    report_only: bool = typer.Option(False, "--report-only", help="Run nothing new: report the finished runs under --runs."),
     quick: bool = typer.Option(False, "--quick", help="Smoke run: lenet300/digits, 2 methods + IMP, 2 densities, 2 epochs."),
     markdown: bool = typer.Option(True, help="Write the Tickets section of BENCHMARKS.md."),
 ) -> None:
@@ -216,18 +228,21 @@ def main(
         e = int(parts[2]) if len(parts) > 2 else epochs
         f = int(parts[3]) if len(parts) > 3 else finetune_epochs
         ms = parts[4].split("+") if len(parts) > 4 else method_list
-        units += [(parts[0], parts[1], e, f, ms, dens, seed, str(runs), threads) for seed in range(seeds)]
+        units += [(parts[0], parts[1], e, f, ms, dens, seed, str(runs), threads, report_only) for seed in range(seeds)]
     records, sanity = [], []
     with _pool(jobs) as pool:
         for recs in pool.map(run_unit, units):
             records += recs
-        sanity_units = [(model, data, m, sanity_density, str(runs), threads, started)
-                        for model, data, _, _, ms, _, seed, _, _ in units if seed == 0 and sanity_density > 0
+        sanity_units = [(model, data, m, sanity_density, str(runs), threads, report_only)
+                        for model, data, _, _, ms, _, seed, _, _, _ in units if seed == 0 and sanity_density > 0
                         for m in SANITY_METHODS if m in ms]
         for rec in pool.map(run_sanity_unit, sanity_units):
             if rec is not None:
                 sanity.append(rec)
     wall = time.perf_counter() - started
+    if report_only and records:  # the suite's wall time, from its run directories' timestamps
+        paths = [Path(r["run"]) for r in records]
+        wall = max((p / "summary.json").stat().st_mtime for p in paths) - min((p / "config.json").stat().st_mtime for p in paths)
     agg = aggregate(records)
     pairs = [tuple(t.split(":")[:2]) for t in targets.split(",")]
     checks = [c for model, data in pairs for c in claims(agg, model, data, [d for d in dens if d <= 0.0144 + 1e-9])]
@@ -237,7 +252,7 @@ def main(
         p = out / f"tickets-{model}-{data}.png"
         plot(agg, model, data, p)
         plots.append(p)
-    settings = {"targets": targets, "jobs": jobs, "methods": method_list, "densities": dens, "seeds": seeds, "epochs": epochs,
+    settings = {"targets": targets, "jobs": jobs, "report_only": report_only, "methods": method_list, "densities": dens, "seeds": seeds, "epochs": epochs,
                 "finetune_epochs": finetune_epochs, "threads": threads, "quick": quick}
     result = {"settings": settings, "machine": machine(), "suite_wall_s": wall, "runs": records, "aggregate": agg,
               "claims": checks, "sanity": sanity}
@@ -267,11 +282,11 @@ def render(result: dict, plots: list[Path]) -> str:
         for a in result["aggregate"]:
             if (a["model"], a["data"]) != (model, data):
                 continue
-            rows.append([a["method"], f"{a['density']:.2%}", f"{a['test_acc_mean']:.2%} ± {a['test_acc_std']:.2%}",
+            rows.append([a["method"], f"{a['density']:.2%}", a["seeds"], f"{a['test_acc_mean']:.2%} ± {a['test_acc_std']:.2%}",
                          f"{a['time_to_ticket_s']:.1f} s", f"{a['total_time_s']:.1f} s", a["ticket_epochs"]])
         rows.sort(key=lambda r: (-float(r[1].rstrip("%")), r[0]))
         lines += [f"### {model} / {data}", "",
-                  markdown_table(["method", "density", "test acc", "time to ticket", "total time", "ticket epochs"], rows),
+                  markdown_table(["method", "density", "seeds", "test acc", "time to ticket", "total time", "ticket epochs"], rows),
                   "", f"![{model} {data}](benchmarks/results/{[p for p in plots if f'{model}-{data}' in p.name][0].name})", ""]
     if result["claims"]:
         lines += ["### Targets", "", markdown_table(["model", "density", "target", "met", "measured"],
