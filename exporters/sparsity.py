@@ -15,6 +15,8 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from gemdeploy.nm import nm_mask_from_scores, satisfies_nm
+
 # Ops that pass a weight through unchanged along the checked axis (polygraphy follows the same ones).
 _PASS_THROUGH = {"Cast", "DequantizeLinear", "QuantizeLinear", "Identity"}
 
@@ -73,15 +75,17 @@ def onnx_24_report(proto: onnx.ModelProto) -> dict[str, bool]:
     return {name: is_24(numpy_helper.to_array(inits[name]), axis) for name, axis in eligible_weights(proto).items()}
 
 
+def _eligible_modules(model: nn.Module):
+    """Ungrouped Conv2d and Linear layers whose input channels are a multiple of 4 (TensorRT's candidates)."""
+    for name, m in model.named_modules():
+        if (isinstance(m, nn.Conv2d) and m.groups == 1 and m.in_channels % 4 == 0) or \
+                (isinstance(m, nn.Linear) and m.in_features % 4 == 0):
+            yield name, m
+
+
 def torch_24_layers(model: nn.Module) -> dict[str, bool]:
     """Eligible Conv2d/Linear (input channels a multiple of 4, not grouped) -> holds 2:4."""
-    out = {}
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d) and m.groups == 1 and m.in_channels % 4 == 0:
-            out[name] = is_24(m.weight.detach().cpu().numpy(), 1)
-        elif isinstance(m, nn.Linear) and m.in_features % 4 == 0:
-            out[name] = is_24(m.weight.detach().cpu().numpy(), 1)
-    return out
+    return {name: satisfies_nm(m.weight.detach(), 2, 4) for name, m in _eligible_modules(model)}
 
 
 def has_24_layers(model: nn.Module) -> bool:
@@ -93,17 +97,8 @@ def apply_24_magnitude_(model: nn.Module) -> dict[str, torch.Tensor]:
     (TensorRT's layout); returns the masks. For tests and benchmarks of 2:4 runs."""
     masks = {}
     with torch.no_grad():
-        for name, m in model.named_modules():
-            eligible = (isinstance(m, nn.Conv2d) and m.groups == 1 and m.in_channels % 4 == 0) or \
-                       (isinstance(m, nn.Linear) and m.in_features % 4 == 0)
-            if not eligible:
-                continue
-            w = m.weight
-            moved = w.movedim(1, -1)  # [K, R, S, C] or [out, in]
-            groups = moved.reshape(-1, 4)
-            drop = groups.abs().argsort(dim=1)[:, :2]
-            mask = torch.ones_like(groups).scatter_(1, drop, 0.0)
-            mask = mask.reshape(moved.shape).movedim(-1, 1).contiguous()
-            w.mul_(mask)
+        for name, m in _eligible_modules(model):
+            mask = nm_mask_from_scores(m.weight.abs(), 2, 4)
+            m.weight.mul_(mask)
             masks[f"{name}.weight"] = mask
     return masks
