@@ -38,7 +38,7 @@ def test_dense_method_trains_the_unpruned_model(tmp_path):
 
 
 def test_resume_after_interrupt_gives_the_same_mask(tmp_path):
-    args = ["mine", "--model", "lenet300", "--sparsity", "0.95", "--epochs", "40", "--finetune-epochs", "2",
+    args = ["mine", "--model", "lenet300", "--sparsity", "0.95", "--epochs", "15", "--finetune-epochs", "2",
             "--data", "digits", "--quiet"]
     full = tmp_path / "full"
     run_cli(*args, "--out", full, check=True)
@@ -54,7 +54,7 @@ def test_resume_after_interrupt_gives_the_same_mask(tmp_path):
     wa, wb = load_file(str(full / "weights.safetensors")), load_file(str(part / "weights.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     epochs = [(r["phase"], r["epoch"]) for r in map(json.loads, (part / "metrics.jsonl").read_text().splitlines())]
-    assert epochs == [("mine", e) for e in range(1, 41)] + [("finetune", 1), ("finetune", 2)]
+    assert epochs == [("mine", e) for e in range(1, 16)] + [("finetune", 1), ("finetune", 2)]
 
 
 @pytest.mark.parametrize("args,needles", [
