@@ -44,7 +44,21 @@ def straight_through_mask(scores: torch.Tensor, allowed: torch.Tensor | None = N
     return hard + scores - scores.detach()
 
 
-class ScoredNetwork(nn.Module):
+class _ScoresInUnitBox(nn.Module):
+    """What both scored networks share: the L2 penalty on ``self.scores`` and the projection onto [0, 1]."""
+
+    scores: nn.ParameterList
+
+    def l2_penalty(self) -> torch.Tensor:
+        return sum((s * s).sum() for s in self.scores)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        for s in self.scores:
+            s.clamp_(0.0, 1.0)
+
+
+class ScoredNetwork(_ScoresInUnitBox):
     """Wraps a network whose weights are frozen; the trainable parameters are the scores."""
 
     def __init__(self, net: nn.Module, generator: torch.Generator, nm: tuple[int, int] | None = None):
@@ -76,14 +90,6 @@ class ScoredNetwork(nn.Module):
                      for k, s, f in zip(self.names, self.scores, self.flags())}
         return functional_call(self.net, effective, (x,))
 
-    def l2_penalty(self) -> torch.Tensor:
-        return sum((s * s).sum() for s in self.scores)
-
-    @torch.no_grad()
-    def project_(self) -> None:
-        for s in self.scores:
-            s.clamp_(0.0, 1.0)
-
     def flag_mask(self) -> Mask:
         return Mask({k: f.detach().clone() for k, f in zip(self.names, self.flags())})
 
@@ -105,7 +111,7 @@ class ScoredNetwork(nn.Module):
             f.copy_(new[k])
 
 
-class ChannelScoredNetwork(nn.Module):
+class ChannelScoredNetwork(_ScoresInUnitBox):
     """Gem-Miner over channels: one score per channel of each coupled channel group; a channel's score masks
     the matching output row of every producer (conv/linear) in its group. Same interface as ScoredNetwork."""
 
@@ -144,14 +150,6 @@ class ChannelScoredNetwork(nn.Module):
         masks = self._row_masks([straight_through_mask(s) * f for s, f in zip(self.scores, self.flags())])
         effective = {k: weights[k] * m for k, m in masks.items()}
         return functional_call(self.net, effective, (x,))
-
-    def l2_penalty(self) -> torch.Tensor:
-        return sum((s * s).sum() for s in self.scores)
-
-    @torch.no_grad()
-    def project_(self) -> None:
-        for s in self.scores:
-            s.clamp_(0.0, 1.0)
 
     def flag_mask(self) -> Mask:
         weights = prunable_weights(self.net)

@@ -16,7 +16,7 @@ SCORE_BATCHES = 4
 
 
 def score_batches(ctx, n: int = SCORE_BATCHES):
-    """The first ``n`` batches of the training split, in a seed-dependent order (no augmentation)."""
+    """The first ``n`` batches of the training split, in order and without augmentation."""
     for i, batch in enumerate(ctx.data.train.batches(ctx.config.batch_size, epoch=0, train=False, seed=ctx.config.seed)):
         if i >= n:
             break
