@@ -135,6 +135,11 @@ def print_summary(summary: dict, path: Path, json_out: bool) -> None:
         ("time to ticket", f"{summary['time_to_ticket_s']:.1f} s"),
         ("total time", f"{summary['total_time_s']:.1f} s"), ("device", summary["device"]),
     ]
+    compaction = summary.get("compaction")
+    if compaction:
+        before, after, files = compaction["before"], compaction["after"], compaction["file_bytes"]
+        rows += [("compacted params", f"{before['params']:,} -> {after['params']:,} ({after['nonzero_params']:,} nonzero)"),
+                 ("compacted file", f"{files['dense']:,} -> {files['compact']:,} bytes")]
     for k, v in rows:
         table.add_row(k, str(v))
     Console().print(table)
