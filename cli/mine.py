@@ -89,6 +89,9 @@ def _mine(out: Path, resume: bool, overwrite: bool, quiet: bool, json_out: bool,
                        prepared=prepared)
     if dist.is_main():
         print_summary(summary, run.path, json_out)
+    # Leave together: a rank that tears down its process group while another still works (rank 0 compacts
+    # and writes) can abort inside Gloo at exit.
+    dist.barrier()
 
 
 def launch_torchrun(nproc: int) -> None:
