@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from gemdeploy.artifacts import RunArtifacts
-from gemdeploy.bench.backends import (Backend, OrtRunner, Runner, TensorRTRunner, TorchRunner, Unavailable, discover,
+from gemdeploy.bench.backends import (Backend, OrtRunner, Runner, TensorRTRunner, TorchRunner, discover,
                                       percentile)
 from gemdeploy.errors import GemdeployError
 from gemdeploy.rundir import read_json
