@@ -75,8 +75,8 @@ def latency_ms(models: dict[str, torch.nn.Module], shape: tuple[int, ...], batch
 
 @app.command()
 def size(epochs: int = 1, reps1: int = 30, reps64: int = 5, image: int = 32) -> None:
-    from gemdeploy.artifacts import RunArtifacts
-    from gemdeploy.compaction import load_compacted_model, model_totals
+    from gemdeploy.run.artifacts import RunArtifacts
+    from gemdeploy.compact.compaction import load_compacted_model, model_totals
 
     rows = []
     for model in ("resnet20", "vgg16"):
@@ -106,7 +106,7 @@ def size(epochs: int = 1, reps1: int = 30, reps64: int = 5, image: int = 32) -> 
 def accuracy(epochs: int = 2, finetune_epochs: int = 2, imp_epochs: int = 1, models: str = "conv4,resnet20",
              data: str = "mnist5k", skip_missing: bool = False) -> None:
     """Mine each ticket (reusing finished runs); with --skip-missing, only tabulate the runs already finished."""
-    from gemdeploy.miners import METHODS
+    from gemdeploy.mine.methods import METHODS
 
     rows = []
     for model in models.split(","):

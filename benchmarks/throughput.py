@@ -20,13 +20,14 @@ import torch
 import typer
 
 from benchmarks.report import machine, markdown_table, write_section
-from gemdeploy.data import load_data, synthetic_bundle
-from gemdeploy.finetune import MaskedModel
-from gemdeploy.init import initialize
-from gemdeploy.masks import Mask
-from gemdeploy.miners.gem_miner import ScoredNetwork
+from gemdeploy.data import load_data
+from gemdeploy.data.sets import synthetic_bundle
+from gemdeploy.train.masked import MaskedModel
+from gemdeploy.train.init import initialize
+from gemdeploy.sparsity.masks import Mask
+from gemdeploy.mine.methods.gem_miner import ScoredNetwork
 from gemdeploy.models import build_model
-from gemdeploy.training import Hardware, maybe_compile, sgd, train_epoch
+from gemdeploy.train.loop import Hardware, maybe_compile, sgd, train_epoch
 
 README_JOB = ["mine", "--model", "lenet300", "--data", "mnist5k", "--sparsity", "0.986", "--epochs", "30",
               "--finetune-epochs", "30", "--quiet", "--json"]

@@ -27,10 +27,10 @@ import torch
 import typer
 
 from benchmarks.report import machine, markdown_table, write_section
-from gemdeploy.config import MineConfig
-from gemdeploy.pipeline import prepare, run_mine
+from gemdeploy.run.config import MineConfig
+from gemdeploy.mine.pipeline import prepare, run_mine
 from gemdeploy.progress import Reporter
-from gemdeploy.rundir import RunDir
+from gemdeploy.run.rundir import RunDir
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SUITE_METHODS = "gem-miner,imp,random,snip,grasp,synflow,magnitude,smart-ratio,edge-popup"
@@ -185,7 +185,7 @@ def run_unit(unit) -> list[dict]:
 
 
 def run_sanity_unit(unit) -> dict | None:
-    from gemdeploy.sanity import run_sanity
+    from gemdeploy.mine.sanity import run_sanity
 
     model, data, method, density, runs, threads, report_only = unit
     torch.set_num_threads(threads)

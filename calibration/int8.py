@@ -21,7 +21,7 @@ from onnx import numpy_helper
 from gemdeploy.errors import GemdeployError, unknown_choice
 from gemdeploy.exporters.onnx_export import INPUT_NAME, quiet
 
-CALIB_METHODS = ("entropy", "percentile", "minmax")
+from gemdeploy.exporters.config import CALIB_METHODS
 
 
 def _ort_method(name: str):

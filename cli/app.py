@@ -1,40 +1,74 @@
-"""The Typer application: `gemdeploy mine | export | bench | sanity | compact | doctor`."""
+"""The Typer application: `gemdeploy mine | sanity | compact | export | bench | doctor | methods`.
+
+Start-up stays light: command modules import torch, ONNX Runtime and the rest only inside the command, so
+`--help`, `methods` and every refusal of a bad argument answer at once.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
+from gemdeploy import __version__
 from gemdeploy.cli.bench import bench
 from gemdeploy.cli.compact import compact
 from gemdeploy.cli.doctor import doctor
+from gemdeploy.cli.errors import DEBUG_ENV, EXIT_USER_ERROR
 from gemdeploy.cli.export import export
+from gemdeploy.cli.methods import methods
 from gemdeploy.cli.mine import mine
 from gemdeploy.cli.sanity import sanity
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
                   help="Mine lottery tickets at initialization (Gem-Miner), compact them and ship fast engines.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"gemdeploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True, metavar="",
+                                 help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", metavar="", help="Show the traceback of an unexpected error."),
+) -> None:
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
+
 app.command("mine")(mine)
 app.command("sanity")(sanity)
-app.command("export")(export)
-app.command("doctor")(doctor)
 app.command("compact")(compact)
+app.command("export")(export)
 app.command("bench")(bench)
+app.command("doctor")(doctor)
+app.command("methods")(methods)
 
 
-@app.command("methods")
-def methods() -> None:
-    """List the ticket-finding methods, models and data sets."""
-    from gemdeploy.data import DATASETS
-    from gemdeploy.miners import METHODS
-    from gemdeploy.models import MODELS
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; a usage error (unknown option, bad value) is one line on stderr, like every other error."""
+    from typer._click import exceptions as click_exc  # typer vendors click
 
-    print("methods: " + ", ".join(METHODS.names()))
-    print("models:  " + ", ".join(MODELS.names()))
-    print("data:    " + ", ".join(DATASETS.names()))
-
-
-def main() -> None:
-    app()
+    try:
+        rv = app(args=argv, standalone_mode=False)
+    except click_exc.NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(EXIT_USER_ERROR)
+    except click_exc.UsageError as exc:
+        hint = f" (see `gemdeploy {exc.ctx.info_name} -h`)" if exc.ctx is not None and exc.ctx.parent else ""
+        message = exc.format_message().replace("\n", " ")
+        print(f"error: {message}{hint}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

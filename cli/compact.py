@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gemdeploy.cli.errors import friendly_errors
-from gemdeploy.config import MineConfig
+from gemdeploy.run.config import MineConfig
 
 DEFAULTS = MineConfig()
 
@@ -30,8 +30,8 @@ def compact(
     json_out: bool = typer.Option(False, "--json", help="Print the compaction record's totals as JSON."),
 ) -> None:
     """Remove dead channels and store the sparse weights compactly (compact.json + compact.safetensors)."""
-    from gemdeploy.artifacts import RunArtifacts
-    from gemdeploy.compaction import RECORD, compact_run
+    from gemdeploy.run.artifacts import RunArtifacts
+    from gemdeploy.compact.compaction import RECORD, compact_run
     from gemdeploy.errors import GemdeployError
 
     if pattern is None:
@@ -51,7 +51,7 @@ def compact(
             raise GemdeployError("--pattern 2:4 writes a new run: pass --out DIR (RUN itself is never modified)")
         if Path(out).resolve() == Path(run).resolve():
             raise GemdeployError("--out must differ from RUN: the source run is never modified")
-        from gemdeploy.nm_project import project_run
+        from gemdeploy.compact.nm_project import project_run
 
         project_run(run, out, nm=nm, finetune_epochs=finetune_epochs, round_to=round_to, overwrite=overwrite,
                     device=device, quiet=quiet)

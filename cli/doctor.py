@@ -6,9 +6,6 @@ import json
 import platform
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from gemdeploy.cli.errors import friendly_errors
 
@@ -34,6 +31,13 @@ def collect() -> dict:
         info["onnxruntime"], info["onnxruntime_providers"] = None, []
         info["onnxruntime_reason"] = (f"onnxruntime does not import ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                                       "install exactly one of `pip install -e .[cpu]` or `.[gpu]`")
+    from gemdeploy.bench.backends import BACKENDS
+
+    backends = {}
+    for name in BACKENDS.names():
+        why = BACKENDS.get(name)().unavailable()
+        backends[name] = {"available": why is None, "reason": why, "summary": BACKENDS.summary(name)}
+    info["backends"] = backends
     trt = tensorrt_status()
     info["tensorrt"], info["tensorrt_reason"] = trt["version"] if trt["available"] else None, trt["reason"]
     ort_ok = info["onnxruntime"] is not None
@@ -45,9 +49,7 @@ def collect() -> dict:
                  "note": None if cuda["available"] else "runs on CPU (slow beyond the small data sets)"},
         "export": {"available": ort_ok, "note": info["onnxruntime_reason"]},
         "export --trt": {"available": trt_ok, "note": None if trt_ok else missing_trt},
-        "bench": {"available": ort_ok, "backends": ["pytorch-cpu"] + (["pytorch-cuda"] if cuda["available"] else [])
-                  + [f"onnxruntime:{p}" for p in info["onnxruntime_providers"] if p != "AzureExecutionProvider"]
-                  + (["tensorrt"] if trt_ok else [])},
+        "bench": {"available": True, "backends": [n for n, b in backends.items() if b["available"]]},
         "sanity": {"available": True, "note": None},
     }
     info["precisions"] = {
@@ -59,8 +61,12 @@ def collect() -> dict:
 
 
 @friendly_errors
-def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable JSON instead of a table.")) -> None:
+def doctor(json_out: bool = typer.Option(False, "--json", metavar="", help="Machine-readable JSON instead of a table.")) -> None:
     """What this machine can do: torch/CUDA/GPU, ONNX Runtime, TensorRT, and what each command needs."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
     info = collect()
     if json_out:
         print(json.dumps(info, indent=2))
@@ -84,8 +90,15 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable
         note = c.get("note") or (", ".join(c["backends"]) if "backends" in c else "")
         cmds.add_row(name, ok if c["available"] else no, escape(note or ""))
     prec = info["precisions"]
+    back = Table(title="bench backends")
+    back.add_column("backend")
+    back.add_column("available")
+    back.add_column("why not")
+    for name, b in info["backends"].items():
+        back.add_row(name, ok if b["available"] else no, escape(b["reason"] or ""))
     console = Console()
     console.print(env)
     console.print(cmds)
+    console.print(back)
     console.print(f"precisions: ONNX {', '.join(prec['onnx']) or 'none'}; TensorRT {', '.join(prec['tensorrt']) or 'none'}; "
                   f"sparse tensor cores: {'yes' if prec['sparse_tensor_cores'] else 'no'}")

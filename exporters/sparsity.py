@@ -15,7 +15,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from gemdeploy.nm import nm_mask_from_scores, satisfies_nm
+from gemdeploy.sparsity.nm import nm_mask_from_scores, satisfies_nm
 
 # Ops that pass a weight through unchanged along the checked axis (polygraphy follows the same ones).
 _PASS_THROUGH = {"Cast", "DequantizeLinear", "QuantizeLinear", "Identity"}

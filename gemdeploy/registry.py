@@ -1,8 +1,14 @@
-"""A tiny name -> factory registry, shared by models, data sets and methods."""
+"""Name -> implementation registries (models, data sets, methods, bench backends, export precisions).
+
+Each registry is declared as one table of ``name: ("module:attribute", one-line summary)``: the names, their
+order and their descriptions live there and nowhere else. Implementations are imported only when asked for,
+so listing choices (help texts, `gemdeploy methods`, a refused bad argument) never imports torch.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+import importlib
+from typing import Callable, Generic, Iterator, TypeVar
 
 from gemdeploy.errors import unknown_choice
 
@@ -10,26 +16,48 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, table: dict[str, tuple[str, str]] | None = None):
         self.kind = kind
-        self._items: dict[str, T] = {}
+        self._where: dict[str, str] = {}
+        self._summary: dict[str, str] = {}
+        self._loaded: dict[str, T] = {}
+        for name, (where, summary) in (table or {}).items():
+            self._where[name] = where
+            self._summary[name] = summary
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, summary: str = "") -> Callable[[T], T]:
+        """Add an implementation at run time (tests, plugins); declared names belong in the table."""
         def decorate(item: T) -> T:
-            if name in self._items:
+            if name in self._where or name in self._loaded:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
-            self._items[name] = item
+            self._loaded[name] = item
+            self._summary[name] = summary
             return item
 
         return decorate
 
     def get(self, name: str) -> T:
-        if name not in self._items:
-            raise unknown_choice(self.kind, name, self._items)
-        return self._items[name]
+        if name in self._loaded:
+            return self._loaded[name]
+        if name not in self._where:
+            raise unknown_choice(self.kind, name, self.names())
+        module, attr = self._where[name].split(":")
+        item = getattr(importlib.import_module(module), attr)
+        self._loaded[name] = item
+        return item
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        """Every name, in declaration order."""
+        return list(dict.fromkeys([*self._where, *self._loaded]))
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._items
+    def summary(self, name: str) -> str:
+        if name not in self:
+            raise unknown_choice(self.kind, name, self.names())
+        return self._summary.get(name, "")
+
+    def items(self) -> Iterator[tuple[str, T]]:
+        for name in self.names():
+            yield name, self.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._where or name in self._loaded

@@ -9,18 +9,19 @@ import pytest
 import torch
 
 from conftest import assert_clean_error, run_cli
-from gemdeploy.config import MineConfig
-from gemdeploy.context import RunContext
-from gemdeploy.data import DataBundle, load_data
-from gemdeploy.init import initialize
-from gemdeploy.masks import Mask, keep_count, prunable_weights
-from gemdeploy.miners import METHODS
-from gemdeploy.miners.imp import level_counts
+from gemdeploy.run.config import MineConfig
+from gemdeploy.mine.context import RunContext
+from gemdeploy.data import load_data
+from gemdeploy.data.splits import DataBundle
+from gemdeploy.train.init import initialize
+from gemdeploy.sparsity.masks import Mask, keep_count, prunable_weights
+from gemdeploy.mine.methods import METHODS
+from gemdeploy.mine.methods.imp import level_counts
 from gemdeploy.models import build_model
 from gemdeploy.progress import Reporter
-from gemdeploy.rundir import RunDir
-from gemdeploy.sanity import invert_mask, shuffle_mask
-from gemdeploy.training import Hardware
+from gemdeploy.run.rundir import RunDir
+from gemdeploy.mine.sanity import invert_mask, shuffle_mask
+from gemdeploy.train.loop import Hardware
 
 EXTREME = 0.9941  # 0.59% density
 CONV_CHECKED = ("magnitude", "snip", "grasp", "smart-ratio")  # synflow on conv4: ~2 min on a busy box; lenet300 covers it

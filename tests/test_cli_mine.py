@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import QUICK, assert_clean_error, interrupt_when, run_cli
-from gemdeploy.masks import Mask
+from gemdeploy.sparsity.masks import Mask
 
 
 def test_mine_end_to_end_on_mnist(lenet_run):

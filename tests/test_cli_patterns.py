@@ -9,8 +9,8 @@ import shutil
 import torch
 
 from conftest import assert_clean_error, run_cli
-from gemdeploy.masks import Mask
-from gemdeploy.nm import satisfies_nm
+from gemdeploy.sparsity.masks import Mask
+from gemdeploy.sparsity.nm import satisfies_nm
 
 TINY = ["--epochs", "2", "--finetune-epochs", "1", "--quiet"]
 

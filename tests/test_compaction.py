@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from gemdeploy.artifacts import RunArtifacts
-from gemdeploy.channels import build_graph, channel_groups
-from gemdeploy.compaction import compact_model, compact_run, load_compacted_model
+from gemdeploy.run.artifacts import RunArtifacts
+from gemdeploy.compact.channels import build_graph, channel_groups
+from gemdeploy.compact.compaction import compact_model, compact_run, load_compacted_model
 from gemdeploy.data import load_data
 from gemdeploy.errors import GemdeployError
-from gemdeploy.masks import Mask, prunable_weights
+from gemdeploy.sparsity.masks import Mask, prunable_weights
 from gemdeploy.models import MODELS, build_model
-from gemdeploy.sparse_store import load_sparse, save_sparse
+from gemdeploy.compact.sparse_store import load_sparse, save_sparse
 
 SHAPE = (1, 16, 16)  # real MNIST digits, downsampled so that every model stays fast on 2 cores
 
@@ -212,7 +212,7 @@ def test_compact_run_is_deterministic(conv_run, tmp_path):
 
 
 def test_compaction_keeps_a_2_4_pattern_aligned():
-    from gemdeploy.nm import nm_mask_from_scores, satisfies_nm
+    from gemdeploy.sparsity.nm import nm_mask_from_scores, satisfies_nm
 
     torch.manual_seed(5)
     model = build_model("conv4", SHAPE, 10)

@@ -9,9 +9,9 @@ import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 
 from conftest import assert_clean_error, run_cli
-from gemdeploy import distributed as dist
+from gemdeploy.train import distributed as dist
 from gemdeploy.errors import GemdeployError
-from gemdeploy.masks import Mask
+from gemdeploy.sparsity.masks import Mask
 
 
 def test_two_process_gloo_run_writes_one_run_directory(tmp_path):

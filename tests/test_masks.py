@@ -1,7 +1,8 @@
 import torch
 
-from gemdeploy.masks import Mask, global_keep, keep_count, prunable_weights
-from gemdeploy.miners.gem_miner import ScoredNetwork, freeze_schedule, straight_through_mask
+from gemdeploy.sparsity.masks import Mask, keep_count, prunable_weights
+from gemdeploy.sparsity.topk import global_topk
+from gemdeploy.mine.methods.gem_miner import ScoredNetwork, freeze_schedule, straight_through_mask
 from gemdeploy.models import build_model
 
 
@@ -37,14 +38,14 @@ def test_scored_network_equals_masked_network():
     torch.testing.assert_close(got, want)
 
 
-def test_global_keep_exact_count_and_no_layer_collapse():
+def test_global_topk_exact_count_and_no_layer_collapse():
     scores = {"a": torch.arange(100.0), "b": torch.zeros(50) - 1.0, "c": torch.rand(10, 10)}
-    mask = global_keep(scores, keep=30, min_per_layer=2)
+    mask = global_topk(scores, keep=30, min_per_layer=2)
     assert mask.num_kept() == 30
     assert int(mask["b"].sum()) == 2  # the worst layer keeps its floor
     eligible = {k: torch.ones_like(v) for k, v in scores.items()}
     eligible["a"][90:] = 0
-    mask = global_keep(scores, keep=20, eligible=eligible)
+    mask = global_topk(scores, keep=20, eligible=eligible)
     assert mask["a"][90:].sum() == 0 and mask.num_kept() == 20
 
 

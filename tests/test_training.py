@@ -1,10 +1,10 @@
 import torch
 
 from gemdeploy.data import load_data
-from gemdeploy.finetune import MaskedModel
-from gemdeploy.masks import Mask, prunable_weights
+from gemdeploy.train.masked import MaskedModel
+from gemdeploy.sparsity.masks import Mask, prunable_weights
 from gemdeploy.models import build_model
-from gemdeploy.training import Hardware, sgd, train_epoch
+from gemdeploy.train.loop import Hardware, sgd, train_epoch
 
 
 def test_pruned_weights_stay_exactly_zero_through_sgd_with_momentum_and_weight_decay():

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from gemdeploy.rundir import atomic_write_bytes, write_json
+from gemdeploy.run.rundir import atomic_write_bytes, write_json
 
 
 def _fmt_ratio(x: float | None, suffix: str = "x") -> str:

@@ -1,22 +1,32 @@
-"""Model registry: every factory takes the data set's input shape (C, H, W), its class count and
-whether BatchNorm has learnable affine parameters (Gem-Miner mines with non-affine BatchNorm)."""
+"""Architectures by name (the `--model` choices). Every factory takes the data set's input shape (C, H, W),
+its class count and whether BatchNorm has learnable affine parameters (Gem-Miner mines with non-affine
+BatchNorm, so a dead channel outputs exactly zero)."""
 
 from __future__ import annotations
 
-from typing import Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Callable
 
 from gemdeploy.registry import Registry
 
-ModelFactory = Callable[..., nn.Module]
-MODELS: Registry[ModelFactory] = Registry("model")
+if TYPE_CHECKING:
+    from torch import nn
+
+ModelFactory = Callable[..., "nn.Module"]
+_M = "gemdeploy.models"
+MODELS: Registry[ModelFactory] = Registry("model", {
+    "lenet300": (f"{_M}.small:lenet300", "LeNet-300-100 (MLP), non-affine BatchNorm after each hidden layer"),
+    "conv4": (f"{_M}.small:conv4", "Conv-4 (Frankle & Carbin): 4 convs + 3 linear layers"),
+    "resnet20": (f"{_M}.resnet_cifar:resnet20", "CIFAR ResNet-20 (0.27M parameters)"),
+    "resnet32": (f"{_M}.resnet_cifar:resnet32", "CIFAR ResNet-32"),
+    "resnet56": (f"{_M}.resnet_cifar:resnet56", "CIFAR ResNet-56"),
+    "vgg16": (f"{_M}.vgg:vgg16", "VGG-16 for CIFAR-sized input (14.7M parameters)"),
+    "mobilenetv2": (f"{_M}.mobilenet:mobilenetv2", "MobileNetV2 for CIFAR-sized input (depthwise convs)"),
+    "resnet18": (f"{_M}.imagenet:resnet18", "torchvision ResNet-18 (ImageNet-sized input)"),
+    "resnet50": (f"{_M}.imagenet:resnet50", "torchvision ResNet-50 (ImageNet-sized input)"),
+    "mobilenet_v2": (f"{_M}.imagenet:mobilenet_v2", "torchvision MobileNetV2 (ImageNet-sized input)"),
+})
 
 
-def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, affine_bn: bool = False) -> nn.Module:
+def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, affine_bn: bool = False) -> "nn.Module":
     factory = MODELS.get(name)
     return factory(input_shape=tuple(input_shape), num_classes=num_classes, affine_bn=affine_bn)
-
-
-# Importing the modules registers their models.
-from gemdeploy.models import small, resnet_cifar, vgg, mobilenet, imagenet  # noqa: E402,F401

@@ -3,7 +3,6 @@
 from torch import nn
 from torchvision import models as tvm
 
-from gemdeploy.models import MODELS
 
 
 def _strip_affine(model: nn.Module, affine: bool) -> nn.Module:
@@ -23,21 +22,18 @@ def _replace_stem(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     return nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
 
 
-@MODELS.register("resnet18")
 def resnet18(input_shape, num_classes, affine_bn=False):
     model = _strip_affine(tvm.resnet18(weights=None, num_classes=num_classes), affine_bn)
     model.conv1 = _replace_stem(model.conv1, input_shape[0])
     return model
 
 
-@MODELS.register("resnet50")
 def resnet50(input_shape, num_classes, affine_bn=False):
     model = _strip_affine(tvm.resnet50(weights=None, num_classes=num_classes), affine_bn)
     model.conv1 = _replace_stem(model.conv1, input_shape[0])
     return model
 
 
-@MODELS.register("mobilenet_v2")
 def mobilenet_v2(input_shape, num_classes, affine_bn=False):
     model = _strip_affine(tvm.mobilenet_v2(weights=None, num_classes=num_classes), affine_bn)
     model.features[0][0] = _replace_stem(model.features[0][0], input_shape[0])

@@ -2,7 +2,6 @@
 
 from torch import nn
 
-from gemdeploy.models import MODELS
 from gemdeploy.models.layers import batch_norm, conv_bn_relu
 
 # (expansion, out_channels, repeats, stride)
@@ -24,7 +23,6 @@ class InvertedResidual(nn.Module):
         return x + out if self.residual else out
 
 
-@MODELS.register("mobilenetv2")
 def mobilenetv2(input_shape, num_classes, affine_bn=False):
     layers, cin = conv_bn_relu(input_shape[0], 32, affine_bn), 32
     for expansion, cout, repeats, stride in CIFAR_CFG:

@@ -2,7 +2,6 @@
 
 from torch import nn
 
-from gemdeploy.models import MODELS
 from gemdeploy.models.layers import batch_norm
 
 
@@ -47,13 +46,13 @@ class CifarResNet(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-def _register(depth: int):
-    @MODELS.register(f"resnet{depth}")
-    def factory(input_shape, num_classes, affine_bn=False):
-        return CifarResNet(depth, input_shape[0], num_classes, affine_bn)
-
-    return factory
+def resnet20(input_shape, num_classes, affine_bn=False):
+    return CifarResNet(20, input_shape[0], num_classes, affine_bn)
 
 
-for _depth in (20, 32, 56):
-    _register(_depth)
+def resnet32(input_shape, num_classes, affine_bn=False):
+    return CifarResNet(32, input_shape[0], num_classes, affine_bn)
+
+
+def resnet56(input_shape, num_classes, affine_bn=False):
+    return CifarResNet(56, input_shape[0], num_classes, affine_bn)

@@ -4,11 +4,9 @@ from math import prod
 
 from torch import nn
 
-from gemdeploy.models import MODELS
 from gemdeploy.models.layers import conv_bn_relu, linear_bn_relu
 
 
-@MODELS.register("lenet300")
 def lenet300(input_shape, num_classes, affine_bn=False):
     # Hidden layers carry no bias, so a unit whose incoming weights are all pruned outputs exactly zero.
     return nn.Sequential(
@@ -19,7 +17,6 @@ def lenet300(input_shape, num_classes, affine_bn=False):
     )
 
 
-@MODELS.register("conv4")
 def conv4(input_shape, num_classes, affine_bn=False):
     c, h, w = input_shape
     # ceil_mode keeps tiny inputs (8x8 digits) from pooling down to nothing.

@@ -2,13 +2,11 @@
 
 from torch import nn
 
-from gemdeploy.models import MODELS
 from gemdeploy.models.layers import conv_bn_relu
 
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
-@MODELS.register("vgg16")
 def vgg16(input_shape, num_classes, affine_bn=False):
     layers, cin = [], input_shape[0]
     for v in VGG16:

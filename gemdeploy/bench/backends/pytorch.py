@@ -1,0 +1,77 @@
+"""PyTorch backends: eager and torch.compile'd, CPU and CUDA; they run the compacted model when the run has one."""
+
+from __future__ import annotations
+
+import torch
+
+from gemdeploy.bench.backends.base import Artifact, Backend, Runner, cuda_event_times
+from gemdeploy.run import layout
+
+
+def pytorch_source(run) -> tuple[str, "object"]:
+    """Which PyTorch model a run offers: the compacted one when it has been compacted."""
+    if run.art.run.has(layout.COMPACT_RECORD):
+        return "compacted", run.art.run / layout.COMPACT_WEIGHTS
+    return "masked", run.art.run / layout.WEIGHTS
+
+
+def pytorch_model(run) -> torch.nn.Module:
+    if pytorch_source(run)[0] == "compacted":
+        from gemdeploy.compact.compaction import load_compacted_model
+
+        return load_compacted_model(run.art)
+    return run.art.finetuned_model()
+
+
+class TorchRunner(Runner):
+    def __init__(self, model: torch.nn.Module, device: str, compile: bool):
+        self.device = device
+        model = model.eval().to(device)
+        if device == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        self.model = torch.compile(model) if compile else model
+
+    @torch.inference_mode()
+    def predict(self, images):
+        return self.model(images.to(self.device)).float().cpu().numpy()
+
+    def time(self, images, iters, warmup):
+        if self.device != "cuda":
+            with torch.inference_mode():
+                return super().time(images, iters, warmup)
+        x = images.to("cuda").contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return cuda_event_times(lambda: self.model(x), iters, warmup)
+
+    def _timed_call(self, images):
+        return lambda: self.model(images)  # input already on the CPU: time the model, not a copy
+
+
+class _Torch(Backend):
+    compile = False
+
+    def unavailable(self):
+        if self.device == "cuda" and not torch.cuda.is_available():
+            return "no CUDA GPU visible to PyTorch"
+        return None
+
+    def artifacts(self, run, threads):
+        label, path = pytorch_source(run)
+        return [Artifact("fp32", f"torch {label}", path,
+                         lambda: TorchRunner(pytorch_model(run), self.device, self.compile))]
+
+
+class TorchCpu(_Torch):
+    name, device = "pytorch-cpu", "cpu"
+
+
+class TorchCuda(_Torch):
+    name, device = "pytorch-cuda", "cuda"
+
+
+class TorchCompileCpu(_Torch):
+    name, device, compile, opt_in = "pytorch-compile-cpu", "cpu", True, True
+
+
+class TorchCompileCuda(_Torch):
+    name, device, compile, opt_in = "pytorch-compile-cuda", "cuda", True, True

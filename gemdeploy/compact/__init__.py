@@ -1,0 +1,1 @@
+"""Stage 2, `gemdeploy compact`: remove dead channels, store sparse weights compactly, project to N:M."""

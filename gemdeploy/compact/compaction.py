@@ -1,0 +1,157 @@
+"""Physical compaction of a fine-tuned ticket: dead and unread channels removed (gemdeploy.compact.channels), the
+remaining sparse weights stored so the file tracks the nonzeros (gemdeploy.compact.sparse_store).
+
+The run directory gets
+    compact.json          the record: removal steps, per-layer channels/density/N:M, totals before/after
+    compact.safetensors   the compacted weights, sparse-encoded
+The compacted model is rebuilt from the architecture (model.json) plus the record's steps, then loaded from
+compact.safetensors: no pickles. In eval mode it computes the same logits as the masked model.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+from torch import nn
+
+from gemdeploy.run import layout
+from gemdeploy.run.artifacts import RunArtifacts
+from gemdeploy.compact.channels import compact_channels, replay_steps
+from gemdeploy.errors import GemdeployError
+from gemdeploy.sparsity.masks import PRUNABLE_TYPES
+from gemdeploy.models import build_model
+from gemdeploy.sparsity.nm import nm_eligible_layers, parse_nm, satisfies_nm
+from gemdeploy.compact.sparse_store import load_sparse, save_sparse
+
+RECORD, WEIGHTS = layout.COMPACT_RECORD, layout.COMPACT_WEIGHTS
+RECORD_VERSION = 1
+
+
+def compact_model(model: nn.Module, input_shape: tuple[int, ...], round_to: int,
+                  nm: tuple[int, int] | None = None) -> tuple[nn.Module, list[dict]]:
+    """A compacted copy of ``model`` (its pruned weights already exactly zero) and the removal steps; with ``nm``,
+    layers that hold the N:M pattern still hold it afterwards."""
+    if round_to < 1:
+        raise GemdeployError(f"--round-to must be >= 1, got {round_to}")
+    compacted = copy.deepcopy(model).eval()
+    steps = compact_channels(compacted, input_shape, round_to, nm)
+    return compacted, steps
+
+
+@torch.no_grad()
+def layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tuple[int, int]]:
+    """Per conv/linear layer: (dense MACs, MACs over nonzero weights) for one input."""
+    out: dict[str, tuple[int, int]] = {}
+    hooks = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, PRUNABLE_TYPES):
+            def hook(m, inp, res, name=name):
+                positions = res[0].numel() // res.shape[1] if isinstance(m, nn.Conv2d) else 1
+                out[name] = (positions * m.weight.numel(), positions * int(m.weight.count_nonzero()))
+            hooks.append(mod.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return out
+
+
+def model_totals(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
+    macs = layer_macs(model, input_shape)
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "nonzero_params": sum(int(p.count_nonzero()) for p in model.parameters()),
+        "macs": sum(d for d, _ in macs.values()),
+        "nonzero_macs": sum(s for _, s in macs.values()),
+    }
+
+
+def layer_records(before: nn.Module, after: nn.Module, n: int, m: int) -> list[dict]:
+    eligible = nm_eligible_layers(before, m)
+    after_mods = dict(after.named_modules())
+    rows = []
+    for name, mod in before.named_modules():
+        if not isinstance(mod, PRUNABLE_TYPES):
+            continue
+        new = after_mods[name]
+        w = new.weight.detach()
+        rows.append({
+            "layer": name, "type": type(mod).__name__,
+            "in_before": int(mod.weight.shape[1] * getattr(mod, "groups", 1)), "out_before": int(mod.weight.shape[0]),
+            "in_after": int(w.shape[1] * getattr(new, "groups", 1)), "out_after": int(w.shape[0]),
+            "density_before": float(mod.weight.count_nonzero()) / mod.weight.numel(),
+            "density_after": float(w.count_nonzero()) / max(1, w.numel()),
+            "nm_eligible": f"{name}.weight" in eligible,
+            "nm_holds": satisfies_nm(w, n, m),
+        })
+    return rows
+
+
+def _max_logit_diff(a: nn.Module, b: nn.Module, input_shape: tuple[int, ...]) -> tuple[float, float]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(8, *input_shape, generator=gen).to(next(a.parameters()).device)
+    with torch.no_grad():
+        ya, yb = a.eval()(x), b.eval()(x)
+    return float((ya - yb).abs().max()), float(ya.abs().max())
+
+
+def compact_run(artifacts: RunArtifacts, round_to: int) -> dict:
+    """Compact a fine-tuned run in place (writes compact.safetensors, then compact.json) and return the record."""
+    started = time.perf_counter()
+    run, shape = artifacts.run, tuple(artifacts.input_shape)
+    model = artifacts.finetuned_model()
+    mask = artifacts.mask()
+    mask.check_matches(model)
+    mask.apply_(model)  # the ticket's pruned weights are zero by construction; make sure of it
+    n, m = parse_nm(artifacts.config.nm)
+    # A 2:4 ticket's pattern must survive: channel removal may not shift its groups of M.
+    keep_nm = (n, m) if artifacts.config.pattern == "2:4" else None
+    compacted, steps = compact_model(model, shape, round_to, keep_nm)
+    diff, scale = _max_logit_diff(model, compacted, shape)
+    save_sparse(run / WEIGHTS, compacted.state_dict())
+    dense_bytes = (run / layout.WEIGHTS).stat().st_size
+    record = {
+        "version": RECORD_VERSION, "model": artifacts.config.model, "input_shape": list(shape),
+        "num_classes": artifacts.num_classes, "round_to": round_to, "nm": f"{n}:{m}", "steps": steps,
+        "layers": layer_records(model, compacted, n, m),
+        "before": model_totals(model, shape), "after": model_totals(compacted, shape),
+        "file_bytes": {"dense": dense_bytes, "compact": (run / WEIGHTS).stat().st_size},
+        "check": {"max_abs_logit_diff": diff, "logit_scale": scale, "inputs": "8 standard-normal images"},
+        "seconds": time.perf_counter() - started,
+    }
+    run.write_json(RECORD, record)
+    return record
+
+
+def load_record(artifacts: RunArtifacts) -> dict:
+    if not (artifacts.run.has(RECORD) and artifacts.run.has(WEIGHTS)):
+        raise GemdeployError(f"{artifacts.run.path} has not been compacted yet (no {RECORD}); "
+                             f"run `gemdeploy mine --out {artifacts.run.path} --resume` or `gemdeploy compact`")
+    record = artifacts.run.read_json(RECORD)
+    if record.get("version") != RECORD_VERSION or "steps" not in record:
+        raise GemdeployError(f"{artifacts.run / RECORD} is not a compaction record this gemdeploy can read")
+    return record
+
+
+def load_compacted_model(artifacts: RunArtifacts) -> nn.Module:
+    """The compacted model of a run, rebuilt from model.json + compact.json + compact.safetensors, in eval mode."""
+    record = load_record(artifacts)
+    shape = tuple(artifacts.input_shape)
+    model = build_model(artifacts.config.model, shape, artifacts.num_classes).eval()
+    try:
+        replay_steps(model, shape, record["steps"])
+    except (KeyError, IndexError, ValueError, TypeError) as exc:
+        raise GemdeployError(f"{artifacts.run / RECORD} does not fit {artifacts.config.model}: {exc}") from None
+    state = load_sparse(artifacts.run / WEIGHTS)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise GemdeployError(f"{artifacts.run / WEIGHTS} does not fit the compaction record: "
+                             f"{str(exc).splitlines()[0]}") from None
+    return model.eval()

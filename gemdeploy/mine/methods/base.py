@@ -1,0 +1,45 @@
+"""The interface every ticket-finding method implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from gemdeploy.mine.context import RunContext
+from gemdeploy.mine.recipes import finetune_recipe
+from gemdeploy.sparsity.masks import Mask
+from gemdeploy.train.loop import Recipe
+
+
+@dataclass
+class Ticket:
+    mask: Mask
+    scores: dict[str, torch.Tensor] | None = None  # the method's final scores, where it has them
+    info: dict = field(default_factory=dict)  # method-specific results (e.g. IMP's per-level accuracies)
+
+
+@dataclass
+class TicketTraining:
+    """How a method's ticket is trained once its mask is fixed: the starting weights and the recipe."""
+
+    start: dict[str, torch.Tensor]  # state_dict to start from (the mask is applied on top)
+    recipe: Recipe
+    starts_from: str  # "init", "rewind point", "last round" (for tables)
+
+
+class Method:
+    """Finds a mask at the configured density; training the ticket afterwards is described by `ticket_training`."""
+
+    name: str = ""
+    has_scores: bool = False  # saves scores.safetensors (sanity's invert ranks them)
+    mines: bool = False  # has a mining loop: sanity's invert re-mines with the freezing order reversed
+    default_init: str = "kaiming-normal"  # the reference's initialization
+    patterns: tuple[str, ...] = ("unstructured",)
+
+    def find_ticket(self, ctx: RunContext) -> Ticket:
+        raise NotImplementedError
+
+    def ticket_training(self, ctx: RunContext) -> TicketTraining:
+        """The shared fine-tuning (the Gem-Miner paper's recipe) from the initial weights."""
+        return TicketTraining(ctx.init_state, finetune_recipe(ctx.config), "init")

@@ -1,0 +1,269 @@
+"""Gem-Miner (Sreenivasan et al., NeurIPS 2022), as the authors' `hc_iter` algorithm implements it.
+
+One score p in [0, 1] per prunable weight, initialized U[0, 1]; the weights stay frozen at their
+(signed-constant) initialization. The forward pass uses ``w * 1[p > 0.5] * flag`` with a
+straight-through gradient to p, the loss adds ``lambda * sum(p^2)``, and p is projected back to
+[0, 1] after every SGD step. Every ``freeze_period`` epochs the lowest-|p| fraction of the still
+active weights (pooled over all layers) is frozen out for good (flag = 0), on a geometric schedule
+that ends exactly at the target density. The ticket is ``flag``.
+
+Patterns (``--pattern``):
+  * ``2:4`` (N:M from ``--nm``): in eligible layers (gemdeploy.sparsity.nm.nm_eligible_layers) the forward mask also keeps
+    only the top-N scores of each group of M input channels among the active weights, and every freezing round
+    keeps weights only from that projection, so the ticket holds exactly N:M there; ``--sparsity`` then removes
+    more, unstructured, on top (a density above N/M in those layers is capped at N/M).
+  * ``channel``: one score per output channel of each coupled channel group (Torch-Pruning groups: a residual
+    stage shares one score per channel), so a frozen-out channel zeroes every producer row of the group and
+    compaction removes it; ``--sparsity`` is the fraction of those channels removed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from gemdeploy.train import distributed as dist
+from gemdeploy.mine.context import RunContext
+from gemdeploy.run import layout
+from gemdeploy.train.masked import wrap_ddp
+from gemdeploy.train.phase import Phase, clear_checkpoint, run_phase
+from gemdeploy.train.seeds import generator, seed_for
+from gemdeploy.sparsity.masks import Mask, keep_count, prunable_weights
+from gemdeploy.sparsity.topk import global_topk
+from gemdeploy.mine.methods.base import Method, Ticket
+from gemdeploy.sparsity.nm import nm_eligible_layers, nm_mask_from_scores, parse_nm
+from gemdeploy.train.loop import cosine_lr, maybe_compile, sgd
+
+THRESHOLD = 0.5
+
+
+def straight_through_mask(scores: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """``1[p > 0.5]`` (times ``allowed``) in the forward pass, identity gradient in the backward pass."""
+    hard = (scores > THRESHOLD).to(scores.dtype)
+    if allowed is not None:
+        hard = hard * allowed
+    return hard + scores - scores.detach()
+
+
+class _ScoresInUnitBox(nn.Module):
+    """What both scored networks share: the L2 penalty on ``self.scores`` and the projection onto [0, 1]."""
+
+    scores: nn.ParameterList
+
+    def l2_penalty(self) -> torch.Tensor:
+        return sum((s * s).sum() for s in self.scores)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        for s in self.scores:
+            s.clamp_(0.0, 1.0)
+
+
+class ScoredNetwork(_ScoresInUnitBox):
+    """Wraps a network whose weights are frozen; the trainable parameters are the scores."""
+
+    def __init__(self, net: nn.Module, generator: torch.Generator, nm: tuple[int, int] | None = None):
+        super().__init__()
+        self.net = net
+        self.nm = nm
+        self.nm_layers = nm_eligible_layers(net, nm[1]) if nm else set()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        self.names = list(prunable_weights(net))
+        weights = prunable_weights(net)
+        self.scores = nn.ParameterList(
+            [nn.Parameter(torch.rand(weights[k].shape, generator=generator).to(weights[k].device)) for k in self.names])
+        for i, k in enumerate(self.names):
+            self.register_buffer(f"flag{i}", torch.ones_like(weights[k]))
+
+    def flags(self) -> list[torch.Tensor]:
+        return [getattr(self, f"flag{i}") for i in range(len(self.names))]
+
+    def _nm_allowed(self, name: str, scores: torch.Tensor, flag: torch.Tensor) -> torch.Tensor | None:
+        """The N:M projection of the active weights' |p| in an eligible layer (None elsewhere)."""
+        if name not in self.nm_layers:
+            return None
+        return nm_mask_from_scores(scores.abs(), *self.nm, active=flag)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = prunable_weights(self.net)
+        effective = {k: weights[k] * straight_through_mask(s, self._nm_allowed(k, s, f)) * f
+                     for k, s, f in zip(self.names, self.scores, self.flags())}
+        return functional_call(self.net, effective, (x,))
+
+    def flag_mask(self) -> Mask:
+        return Mask({k: f.detach().clone() for k, f in zip(self.names, self.flags())})
+
+    def active_density(self) -> float:
+        """Density of what the forward pass uses right now: 1[p > 0.5] * flag."""
+        kept = sum(int(((s > THRESHOLD) & (f > 0)).sum()) for s, f in zip(self.scores, self.flags()))
+        return kept / sum(s.numel() for s in self.scores)
+
+    @torch.no_grad()
+    def freeze_to(self, keep: int, reverse: bool = False) -> None:
+        """Freeze out the lowest-|p| active weights so that exactly ``keep`` stay active (globally pooled); with
+        ``reverse``, the highest-|p| ones (the authors' score-inversion sanity check)."""
+        scores = {k: (-s.abs() if reverse else s.abs()) for k, s in zip(self.names, self.scores)}
+        eligible = {}
+        for k, s, f in zip(self.names, self.scores, self.flags()):
+            allowed = self._nm_allowed(k, s, f)  # N:M layers keep weights only from their projection
+            eligible[k] = f if allowed is None else f * allowed
+        new = global_topk(scores, keep, eligible=eligible)
+        for k, f in zip(self.names, self.flags()):
+            f.copy_(new[k])
+
+
+class ChannelScoredNetwork(_ScoresInUnitBox):
+    """Gem-Miner over channels: one score per channel of each coupled channel group; a channel's score masks
+    the matching output row of every producer (conv/linear) in its group. Same interface as ScoredNetwork."""
+
+    def __init__(self, net: nn.Module, generator: torch.Generator, input_shape: tuple[int, ...]):
+        super().__init__()
+        from gemdeploy.compact.channels import build_graph, channel_groups
+
+        self.net = net
+        groups = channel_groups(net, build_graph(net, input_shape))  # traced through autograd: before freezing
+        for p in net.parameters():
+            p.requires_grad_(False)
+        weights = prunable_weights(net)
+        self.names = list(weights)
+        device = next(net.parameters()).device
+        self.scores = nn.ParameterList([nn.Parameter(torch.rand(g.size, generator=generator).to(device)) for g in groups])
+        for i, g in enumerate(groups):
+            self.register_buffer(f"flag{i}", torch.ones(g.size, device=device))
+        # weight name -> (group index, member row of each root channel); a layer produces for one group at most
+        self.rows = {k: (i, rows.to(device)) for i, g in enumerate(groups) for k, rows in g.producers}
+
+    def flags(self) -> list[torch.Tensor]:
+        return [getattr(self, f"flag{i}") for i in range(len(self.scores))]
+
+    def _row_masks(self, channel_masks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        weights = prunable_weights(self.net)
+        out = {}
+        for k, (i, rows) in self.rows.items():
+            w = weights[k]
+            per_row = torch.zeros(w.shape[0], device=w.device, dtype=channel_masks[i].dtype)
+            per_row = per_row.scatter(0, rows, channel_masks[i])
+            out[k] = per_row.view(-1, *([1] * (w.dim() - 1)))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = prunable_weights(self.net)
+        masks = self._row_masks([straight_through_mask(s) * f for s, f in zip(self.scores, self.flags())])
+        effective = {k: weights[k] * m for k, m in masks.items()}
+        return functional_call(self.net, effective, (x,))
+
+    def flag_mask(self) -> Mask:
+        weights = prunable_weights(self.net)
+        rows = self._row_masks([f.detach() for f in self.flags()])
+        return Mask({k: (rows[k].expand_as(w).clone() if k in rows else torch.ones_like(w)).float()
+                     for k, w in weights.items()})
+
+    def active_density(self) -> float:
+        """Fraction of channels the forward pass uses right now."""
+        kept = sum(int(((s > THRESHOLD) & (f > 0)).sum()) for s, f in zip(self.scores, self.flags()))
+        return kept / max(1, sum(s.numel() for s in self.scores))
+
+    def channel_density(self) -> float:
+        return sum(float(f.sum()) for f in self.flags()) / max(1, sum(f.numel() for f in self.flags()))
+
+    @torch.no_grad()
+    def freeze_to(self, keep: int, reverse: bool = False) -> None:
+        """Freeze out the lowest-|p| active channels (the highest with ``reverse``), pooled over all groups, so
+        that ``keep`` stay."""
+        keys = [str(i) for i in range(len(self.scores))]
+        scores = {k: (-s.abs() if reverse else s.abs()) for k, s in zip(keys, self.scores)}
+        new = global_topk(scores, keep, eligible=dict(zip(keys, self.flags())))
+        for k, f in zip(keys, self.flags()):
+            f.copy_(new[k])
+
+
+def freeze_schedule(epochs: int, period: int, total: int, density: float) -> dict[int, int]:
+    """Completed-epoch -> number of weights left active after freezing at that epoch.
+
+    ``floor((E - 1) / T)`` freezing rounds at epochs T, 2T, ... remove the same fraction
+    ``q = 1 - density^(1 / rounds)`` of the active weights each time; the last round lands exactly on the
+    target count. Runs shorter than one period freeze once, at the end.
+    """
+    rounds = (epochs - 1) // period if period > 0 else 0
+    if rounds < 1:
+        return {epochs: keep_count(total, density)}
+    return {period * (j + 1): keep_count(total, density ** ((j + 1) / rounds)) for j in range(rounds)}
+
+
+class GemMiner(Method):
+    name = "gem-miner"
+    has_scores = True
+    mines = True  # sanity's invert check re-mines with the freezing order reversed
+    default_init = "signed-constant"
+    patterns = ("unstructured", "2:4", "channel")
+
+    def find_ticket(self, ctx: RunContext) -> Ticket:
+        cfg = ctx.config
+        gen = generator(cfg.seed, "scores")
+        shape = tuple(ctx.data.input_shape)
+        if cfg.pattern == "channel":
+            scored = ChannelScoredNetwork(ctx.fresh_model(), gen, shape)
+            mask, info = self._mine(ctx, scored, "mine", cfg.density)
+            # Scores are per channel; what sanity checks need per weight is the mask itself.
+            info["channel_sparsity"] = 1.0 - scored.channel_density()
+            return Ticket(mask.cpu(), None, info)
+
+        channel_info = None
+        scored = ScoredNetwork(ctx.fresh_model(), gen, parse_nm(cfg.nm) if cfg.pattern == "2:4" else None)
+        if cfg.channel_sparsity is not None:
+            # Stage 1: a channel ticket; stage 2 mines the weight pattern inside the kept channels.
+            channels = self._channel_stage(ctx, shape)
+            with torch.no_grad():
+                for f, k in zip(scored.flags(), scored.names):
+                    f.copy_(channels[k].to(f.device))
+            channel_info = ctx.run.read_json(layout.CHANNEL_TICKET)
+        mask, info = self._mine(ctx, scored, "mine", cfg.density)
+        if cfg.pattern == "2:4":
+            info["nm"], info["nm_layers"] = cfg.nm, sorted(scored.nm_layers)
+        if channel_info is not None:
+            info["channel_sparsity"] = channel_info["channel_sparsity"]
+            info["mining_seconds"] += channel_info["mining_seconds"]
+            info["training_epochs"] += cfg.epochs
+        scores = {k: s.detach().clone() for k, s in zip(scored.names, scored.scores)}
+        return Ticket(mask.cpu(), {k: v.cpu() for k, v in scores.items()}, info)
+
+    def _channel_stage(self, ctx: RunContext, shape: tuple[int, ...]) -> Mask:
+        """The channel ticket of ``--channel-sparsity``, kept in the run directory so a resume skips it."""
+        cfg = ctx.config
+        if ctx.run.has(layout.CHANNEL_MASK) and ctx.run.has(layout.CHANNEL_TICKET):
+            return Mask.load(ctx.run / layout.CHANNEL_MASK)
+        scored = ChannelScoredNetwork(ctx.fresh_model(), generator(cfg.seed, "channel-scores"), shape)
+        mask, info = self._mine(ctx, scored, "mine-channels", 1.0 - cfg.channel_sparsity)
+        ctx.run.save_mask(layout.CHANNEL_MASK, mask)
+        ctx.run.write_json(layout.CHANNEL_TICKET, {"channel_sparsity": 1.0 - scored.channel_density(),
+                                                   "mining_seconds": info["mining_seconds"]})
+        dist.barrier()
+        clear_checkpoint(ctx.run, "mine-channels")
+        return mask
+
+    def _mine(self, ctx: RunContext, scored: nn.Module, phase: str, density: float) -> tuple[Mask, dict]:
+        """The Gem-Miner phase over ``scored``'s scores: cosine SGD, L2 penalty, projection, freezing rounds."""
+        cfg = ctx.config
+        total = sum(s.numel() for s in scored.scores)
+        schedule = freeze_schedule(cfg.epochs, cfg.freeze_period, total, density)
+        lam = cfg.lam
+        reverse = cfg.invert_freezing
+
+        def end_of_epoch(done: int) -> None:
+            if done in schedule:
+                scored.freeze_to(schedule[done], reverse=reverse)
+
+        result = run_phase(ctx, Phase(
+            name=phase, epochs=cfg.epochs, module=scored, optimizer=sgd(scored.scores, cfg.lr, cfg.momentum, 0.0),
+            lr=lambda e: cosine_lr(cfg.lr, e, cfg.epochs), batch_size=cfg.batch_size,
+            seed=seed_for(cfg.seed, "mining-data"), forward=maybe_compile(wrap_ddp(scored, ctx.hw), ctx.hw),
+            penalty=lambda: lam * scored.l2_penalty(), after_step=scored.project_, end_of_epoch=end_of_epoch,
+            density=lambda: scored.flag_mask().density(),
+            record=lambda: {"active_density": scored.active_density()}))
+        info = {"lam": lam, "freeze_schedule": {str(k): v for k, v in schedule.items()},
+                "freezing": "highest |p| first (inverted)" if reverse else "lowest |p| first",
+                "mining_seconds": result.seconds, "mined_val_acc": result.val.acc, "pattern": cfg.pattern,
+                "training_epochs": cfg.epochs}
+        return scored.flag_mask(), info

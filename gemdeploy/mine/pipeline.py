@@ -1,0 +1,139 @@
+"""`gemdeploy mine` as a list of resumable steps: initialize -> find the ticket -> train the ticket -> compact ->
+summarize. Each step's result is a file in the run directory (gemdeploy.run.layout); a resumed run skips every
+step whose file exists and continues the interrupted one from its last per-epoch checkpoint."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from gemdeploy.data import load_data
+from gemdeploy.data.splits import DataBundle
+from gemdeploy.errors import GemdeployError
+from gemdeploy.mine.context import RunContext
+from gemdeploy.mine.methods import METHODS
+from gemdeploy.models import build_model
+from gemdeploy.progress import Reporter
+from gemdeploy.run import layout
+from gemdeploy.run.config import MineConfig
+from gemdeploy.run.rundir import RunDir
+from gemdeploy.sparsity.masks import Mask
+from gemdeploy.train import distributed as dist
+from gemdeploy.train.init import initialize
+from gemdeploy.train.loop import Hardware, evaluate
+from gemdeploy.train.masked import train_masked
+from gemdeploy.train.phase import clear_checkpoint
+from gemdeploy.train.seeds import seed_for
+
+
+def prepare(cfg: MineConfig) -> tuple[Hardware, DataBundle]:
+    """Load the data onto the device: everything that can fail on bad input, before the run directory is touched."""
+    hw = Hardware.resolve(cfg.device, cfg.compile)
+    return hw, load_data(cfg.data, cfg.data_dir, cfg.download).to(hw.device, hw.channels_last)
+
+
+def initial_state(cfg: MineConfig, run: RunDir, data: DataBundle) -> dict[str, torch.Tensor]:
+    if run.has(layout.INIT):
+        return run.load_tensors(layout.INIT)
+    torch.manual_seed(seed_for(cfg.seed, "init"))
+    model = initialize(build_model(cfg.model, data.input_shape, data.num_classes), cfg.init)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    run.save_tensors(layout.INIT, state)
+    return state
+
+
+def check_resumable(saved: MineConfig, world_size: int) -> None:
+    """A resumed data-parallel run must keep its world size: the shards and the per-rank batch depend on it."""
+    if saved.world_size != world_size:
+        raise GemdeployError(f"this run was started with {saved.world_size} process(es); "
+                             f"resume it with the same number (now {world_size})")
+
+
+def find_ticket(ctx: RunContext, method) -> tuple[Mask, dict]:
+    run = ctx.run
+    if run.has(layout.MASK) and run.has(layout.TICKET):
+        return Mask.load(run / layout.MASK), run.read_object(layout.TICKET, {"time_to_ticket_s": float})
+    t0 = time.perf_counter()
+    ticket = method.find_ticket(ctx)
+    prior = ticket.info.get("mining_seconds")
+    info = {**ticket.info, "time_to_ticket_s": prior if prior is not None else time.perf_counter() - t0}
+    dist.check_agreement(ticket.mask, "ticket mask")
+    if ticket.scores is not None:
+        run.save_tensors(layout.SCORES, ticket.scores)
+    run.save_mask(layout.MASK, ticket.mask)
+    run.write_json(layout.TICKET, info)
+    clear_checkpoint(run, "mine")
+    return ticket.mask, info
+
+
+def train_ticket(ctx: RunContext, method, mask: Mask) -> tuple[torch.nn.Module, dict]:
+    """The method's ticket training (shared fine-tuning from init, or IMP's round recipe from its rewind point)."""
+    run, cfg = ctx.run, ctx.config
+    if run.has(layout.WEIGHTS) and run.has(layout.FINETUNE):
+        model = ctx.fresh_model(run.load_tensors(layout.WEIGHTS))
+        return model.eval(), run.read_object(layout.FINETUNE, {"finetune_time_s": float, "val_acc": float})
+    training = method.ticket_training(ctx)
+    model, result = train_masked(ctx, mask, ctx.fresh_model(training.start), phase="finetune",
+                                 epochs=cfg.finetune_epochs, recipe=training.recipe,
+                                 seed=seed_for(cfg.seed, "training-data"), batch_size=cfg.batch_size)
+    info = {"finetune_time_s": result.seconds, "val_acc": result.val.acc, "starts_from": training.starts_from,
+            "recipe": training.recipe.describe(cfg.finetune_epochs), "recipe_json": training.recipe.to_json()}
+    run.save_tensors(layout.WEIGHTS, model.state_dict())
+    run.write_json(layout.FINETUNE, info)
+    clear_checkpoint(run, "finetune")
+    return model, info
+
+
+def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Reporter | None = None,
+             prepared: tuple[Hardware, DataBundle] | None = None) -> dict:
+    """Run (or resume) a whole `mine` job in ``run`` with the resolved ``cfg``; returns the summary."""
+    started = time.perf_counter()
+    hw, data = prepared or prepare(cfg)
+    reporter = reporter or Reporter(enabled=dist.is_main())
+    run.write_json(layout.CONFIG, cfg.to_json())
+    run.write_json(layout.MODEL, {"model": cfg.model, "input_shape": list(data.input_shape),
+                                  "num_classes": data.num_classes, "affine_bn": False})
+    ctx = RunContext(cfg, data, hw, run, reporter, initial_state(cfg, run, data), resume=resume)
+    method = METHODS.get(cfg.method)()
+    try:
+        mask, ticket_info = find_ticket(ctx, method)
+        model, ft_info = train_ticket(ctx, method, mask)
+        test = evaluate(model.eval(), data.test, hw)
+    finally:
+        reporter.close()
+    compaction = _compact(cfg, run) if dist.is_main() else None
+
+    target = 0.0 if cfg.method == "dense" else cfg.sparsity
+    summary = {
+        "method": cfg.method, "model": cfg.model, "data": cfg.data, "pattern": cfg.pattern, "seed": cfg.seed,
+        "init": cfg.init, "target_sparsity": target, "sparsity": mask.sparsity(), "density": mask.density(),
+        "kept_weights": mask.num_kept(), "prunable_weights": mask.num_total(),
+        "test_acc": test.acc if data.real else None, "val_acc": ft_info["val_acc"] if data.real else None,
+        "synthetic_data": not data.real,
+        "time_to_ticket_s": ticket_info["time_to_ticket_s"], "finetune_time_s": ft_info["finetune_time_s"],
+        "total_time_s": ticket_info["time_to_ticket_s"] + ft_info["finetune_time_s"],
+        "wall_time_this_invocation_s": time.perf_counter() - started,
+        "epochs": cfg.epochs, "finetune_epochs": cfg.finetune_epochs,
+        "ticket_epochs": ticket_info.get("training_epochs", 0),
+        "ticket_training": {"starts_from": ft_info.get("starts_from"), "recipe": ft_info.get("recipe")},
+        "device": str(hw.device), "world_size": dist.world_size(),
+        "ticket": {k: v for k, v in ticket_info.items() if k != "time_to_ticket_s"},
+        "compaction": compaction,
+    }
+    run.write_json(layout.SUMMARY, summary)
+    return summary
+
+
+def _compact(cfg: MineConfig, run: RunDir) -> dict:
+    """Compact the fine-tuned ticket into the run directory; returns the record's totals for summary.json."""
+    from gemdeploy.compact.compaction import compact_run
+    from gemdeploy.run.artifacts import RunArtifacts
+
+    if run.has(layout.COMPACT_RECORD) and run.has(layout.COMPACT_WEIGHTS):
+        record = run.read_object(layout.COMPACT_RECORD, {"before": dict, "after": dict, "file_bytes": dict,
+                                                         "round_to": int})
+    else:
+        record = compact_run(RunArtifacts.open(run.path), cfg.round_to)
+    return {"before": record["before"], "after": record["after"], "file_bytes": record["file_bytes"],
+            "round_to": record["round_to"]}

@@ -1,0 +1,189 @@
+"""Options declared once: a dataclass field carries its default, help, range check and choices, and both the
+validation and the command line are generated from it (open_lth's idea: hyperparameters as dataclasses).
+
+    @dataclass(frozen=True)
+    class ExportOptions:
+        calib_samples: int = option(512, "INT8 calibration images.", check=at_least(1))
+
+`validate(obj)` checks every declared field and raises one GemdeployError line naming the option and its
+range; `cli_parameters(cls)` turns the fields into Typer options for a command's signature. Choices come
+from callables (usually a registry's `names`) so they are read when help is shown, never hard-coded twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from gemdeploy.errors import GemdeployError
+
+Check = Callable[[Any], Optional[str]]  # returns what is wrong ("must be >= 1"), or None
+
+
+@dataclass(frozen=True)
+class Spec:
+    help: str
+    check: Check | None = None
+    choices: Callable[[], list[str]] | None = None  # allowed values (each element, for list options)
+    cli: bool = True  # False: recorded in the config, never a command-line option
+    flag: str | None = None  # command-line name when it differs from --field-name
+    short: str | None = None
+    metavar: str | None = None
+    panel: str | None = None  # rich help panel
+
+
+def option(default: Any, help: str, *, check: Check | None = None, choices: Callable[[], list[str]] | None = None,
+           cli: bool = True, flag: str | None = None, short: str | None = None, metavar: str | None = None,
+           panel: str | None = None) -> Any:
+    """A dataclass field with its command-line declaration (a list default is copied for every instance)."""
+    spec = Spec(help, check, choices, cli, flag, short, metavar, panel)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"spec": spec})
+    return field(default=default, metadata={"spec": spec})
+
+
+def spec_of(f: dataclasses.Field) -> Spec | None:
+    return f.metadata.get("spec")
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    spec = spec_of(f)
+    return (spec.flag if spec and spec.flag else "--" + f.name.replace("_", "-"))
+
+
+# --- checks ----------------------------------------------------------------------------------------------
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def at_least(lo: float) -> Check:
+    return lambda v: None if _finite(v) and v >= lo else f"must be a number >= {lo:g}"
+
+
+def greater_than(lo: float) -> Check:
+    return lambda v: None if _finite(v) and v > lo else f"must be a finite number > {lo:g}"
+
+
+def in_range(lo: float, hi: float, *, hi_open: bool = False, lo_open: bool = False) -> Check:
+    text = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+    def check(v):
+        ok = _finite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        return None if ok else f"must be in {text}"
+
+    return check
+
+
+def optional(check: Check) -> Check:
+    return lambda v: None if v is None else check(v)
+
+
+def each(check: Check) -> Check:
+    def run(values):
+        for v in values:
+            problem = check(v)
+            if problem:
+                return problem
+        return None
+
+    return run
+
+
+def finite() -> Check:
+    return lambda v: None if _finite(v) else "must be a finite number"
+
+
+# --- validation ------------------------------------------------------------------------------------------
+def validate(obj: Any) -> None:
+    """Check every declared field of the dataclass ``obj``; one GemdeployError line for the first bad one."""
+    for f in dataclasses.fields(obj):
+        spec = spec_of(f)
+        if spec is None:
+            continue
+        value = getattr(obj, f.name)
+        if spec.choices is not None and value is not None:
+            allowed = spec.choices()
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                if v not in allowed:
+                    raise GemdeployError(f"unknown value {v!r} for {flag_name(f)}; choose one of: {', '.join(allowed)}")
+        if spec.check is not None:
+            problem = spec.check(value)
+            if problem:
+                raise GemdeployError(f"{flag_name(f)} {problem}, got {value!r}")
+
+
+def defaults(cls) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            out[f.name] = f.default_factory()  # type: ignore[misc]
+    return out
+
+
+# --- command line ----------------------------------------------------------------------------------------
+def _cli_annotation(tp: Any, spec: Spec) -> Any:
+    """The Typer annotation for a field type: choices become Literal so help lists them."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    optional_of = None
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", object)) and type(None) in args:
+        optional_of = next(a for a in args if a is not type(None))
+        tp = optional_of
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (list, tuple):  # Typer takes no Literal inside a list: the help text lists the choices instead
+        return typing.List[args[0] if args else str]  # type: ignore[valid-type]
+    if spec.choices is not None:
+        tp = typing.Literal[tuple(spec.choices())]  # type: ignore[misc]
+    return typing.Optional[tp] if optional_of is not None else tp
+
+
+def cli_parameters(cls, *, skip: tuple[str, ...] = (), overrides: dict[str, Any] | None = None) -> list[inspect.Parameter]:
+    """Typer options for every declared command-line field of ``cls`` (in declaration order)."""
+    import typer
+
+    hints = typing.get_type_hints(cls)
+    base = defaults(cls)
+    base.update(overrides or {})
+    params = []
+    for f in dataclasses.fields(cls):
+        spec = spec_of(f)
+        if spec is None or not spec.cli or f.name in skip:
+            continue
+        tp = hints[f.name]
+        default = base.get(f.name)
+        names = [flag_name(f)] + ([spec.short] if spec.short else [])
+        if tp is bool:
+            names = [names[0] + "/--no-" + names[0][2:]] + names[1:] if default else names
+        extra = {"metavar": spec.metavar} if spec.metavar else {}
+        help_text = spec.help
+        if spec.choices is not None:  # listed once in the help text; the metavar stays short
+            help_text += f" Choices: {', '.join(spec.choices())}."
+            extra.setdefault("metavar", "NAME")
+        if tp is bool:
+            extra["metavar"] = ""
+        opt = typer.Option(default, *names, help=help_text, rich_help_panel=spec.panel, show_default=tp is not bool,
+                           **extra)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt,
+                                        annotation=_cli_annotation(tp, spec)))
+    return params
+
+
+def command(fn: Callable[..., Any], params: list[inspect.Parameter]) -> Callable[..., Any]:
+    """Give ``fn(**kwargs)`` the signature ``params`` so Typer builds its options from them."""
+    fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    fn.__annotations__ = {p.name: p.annotation for p in params}
+    return fn
+
+
+def from_cli(cls, values: dict[str, Any], **fixed: Any):
+    """An instance of ``cls`` from the parsed command-line ``values`` (extra keys ignored) plus ``fixed``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if k in names}
+    kwargs.update(fixed)
+    return cls(**kwargs)

@@ -1,0 +1,153 @@
+"""The configuration of a `mine` run: every option declared once (default, help, range, choices), resolved once
+(per-method reference defaults filled in), then frozen and stored as config.json.
+
+Options left at ``None`` mean "the reference's value": `resolve` replaces them with the value that runs (the
+method's reference init, the paper's lambda for the density, IMP's reference recipe for the model), so
+config.json always records what actually ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from gemdeploy.data import DATASETS
+from gemdeploy.errors import GemdeployError
+from gemdeploy.mine.methods import METHODS
+from gemdeploy.models import MODELS
+from gemdeploy.options import at_least, greater_than, in_range, option, optional, validate
+from gemdeploy.train.init import INITS
+
+PATTERNS = ("unstructured", "2:4", "channel")
+SCHEDULES = ("step", "cosine", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+
+_GM, _IMP, _RUN = "Gem-Miner", "IMP (reference recipe unless set)", "Run"
+
+
+def _nm_check(value: str) -> str | None:
+    try:
+        n, m = (int(v) for v in str(value).split(":"))
+    except ValueError:
+        return "must look like N:M (e.g. 2:4)"
+    return None if 0 < n < m else "needs 0 < N < M"
+
+
+def _device_check(value: str) -> str | None:
+    ok = value in DEVICES or (value.startswith("cuda:") and value[5:].isdigit())
+    return None if ok else "must be auto, cpu, cuda or cuda:N"
+
+
+@dataclass(frozen=True)
+class MineConfig:
+    model: str = option("resnet20", "Architecture (`gemdeploy methods` describes each).", choices=MODELS.names)
+    data: str = option("cifar10", "Data set.", choices=DATASETS.names)
+    method: str = option("gem-miner", "Ticket-finding method.", choices=METHODS.names)
+    sparsity: float = option(0.986, "Fraction of prunable weights removed, in [0, 1): 0.986 keeps 1.4%.",
+                             check=in_range(0, 1, hi_open=True))
+    pattern: str = option("unstructured", "Sparsity pattern: 2:4 is N:M from --nm along input channels; with channel, "
+                          "--sparsity is the fraction of channels removed.", choices=lambda: list(PATTERNS))
+    nm: str = option("2:4", "N:M for --pattern 2:4: keep at most N of every M consecutive input channels.",
+                     check=_nm_check)
+    channel_sparsity: float | None = option(None, "Gem-Miner: first remove this fraction of the channels (a channel "
+                                            "ticket), then mine --pattern inside the kept channels.",
+                                            check=optional(in_range(0, 1, hi_open=True)), panel=_GM)
+    epochs: int = option(150, "Mining epochs (per round for IMP).", check=at_least(1))
+    finetune_epochs: int = option(150, "Epochs training the ticket with its mask fixed.", check=at_least(0))
+    batch_size: int = option(128, "Global batch size.", check=at_least(1))
+    lr: float = option(0.1, "Mining learning rate (SGD, cosine schedule).", check=greater_than(0))
+    finetune_lr: float = option(0.01, "Fine-tuning learning rate (x0.1 at 53% and 80% of the epochs).",
+                                check=greater_than(0))
+    momentum: float = option(0.9, "SGD momentum of mining and fine-tuning.", check=in_range(0, 1, hi_open=True))
+    weight_decay: float = option(1e-4, "Fine-tuning weight decay (scores are never decayed).", check=at_least(0))
+    lam: float | None = option(None, "Gem-Miner's L2 score penalty; default: the paper's value for the density "
+                               "(1e-4 at <= 1.5%, 3e-5 at <= 4%, else 1e-5).", check=optional(at_least(0)), panel=_GM)
+    freeze_period: int | None = option(None, "Gem-Miner: epochs between freezing rounds (default: 5 per 150 epochs).",
+                                       check=optional(at_least(1)), panel=_GM)
+    invert_freezing: bool = option(False, "Gem-Miner: freeze the highest |p| first (sanity's invert check).",
+                                   cli=False)
+    init: str | None = option(None, "Weight init (default: the method's reference: signed-constant for gem-miner and "
+                              "edge-popup, else kaiming-normal).",
+                              choices=lambda: list(INITS))
+    imp_lr: float | None = option(None, "IMP round learning rate (default 0.1).", check=optional(greater_than(0)),
+                                  panel=_IMP)
+    imp_momentum: float | None = option(None, "IMP round momentum (default: 0 for lenet300 as open_lth, else 0.9).",
+                                        check=optional(in_range(0, 1, hi_open=True)), panel=_IMP)
+    imp_weight_decay: float | None = option(None, "IMP round weight decay (default: 0 for lenet300, else 1e-4).",
+                                            check=optional(at_least(0)), panel=_IMP)
+    imp_schedule: str | None = option(None, "IMP round schedule; step is x0.1 at 50% and 75% (default: constant for "
+                                      "lenet300, else step).", choices=lambda: list(SCHEDULES),
+                                      panel=_IMP)
+    imp_rewind_iter: int | None = option(None, "IMP: rewind to the weights after this many training iterations "
+                                         "(default: 0 for lenet300 as open_lth, else 1000 as the authors).",
+                                         check=optional(at_least(0)), panel=_IMP)
+    imp_prune_output: bool | None = option(None, "IMP: prune the output layer too (default: no for lenet300 as "
+                                           "open_lth, yes otherwise).", panel=_IMP)
+    imp_from: str | None = option(None, "IMP: reuse the levels of an earlier IMP run (same model, data, seed, "
+                                  "recipe).", panel=_IMP)
+    seed: int = option(0, "Random seed (runs are deterministic on CPU).")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.", check=_device_check)
+    compile: bool = option(False, "torch.compile the training step.")
+    data_dir: str | None = option(None, "Where cifar10 / cifar100 / imagefolder data lives.")
+    download: bool = option(False, "Let torchvision download CIFAR into --data-dir.")
+    round_to: int = option(8, "Compaction keeps channel counts multiples of this.", check=at_least(1))
+    world_size: int = option(1, "Data-parallel processes the run uses.", cli=False, check=at_least(1))
+    projected_from: str | None = option(None, "The run this one was projected from (compact --pattern 2:4).", cli=False)
+
+    @property
+    def density(self) -> float:
+        return 1.0 - self.sparsity
+
+    def validate(self) -> "MineConfig":
+        """Every check that needs no data, model or torch: bad input fails at once, with one line."""
+        validate(self)
+        if self.channel_sparsity is not None and (self.pattern == "channel" or self.method != "gem-miner"):
+            raise GemdeployError("--channel-sparsity combines a channel ticket with --pattern unstructured or 2:4 "
+                                 "(Gem-Miner only); with --pattern channel, --sparsity is the channel fraction")
+        return self
+
+    def resolve(self, world_size: int = 1) -> "MineConfig":
+        """The config that runs: reference defaults filled in for everything left at None."""
+        from gemdeploy.mine.recipes import imp_reference, paper_lambda
+
+        self.validate()
+        method = METHODS.get(self.method)
+        if self.pattern not in method.patterns:
+            raise GemdeployError(f"method {self.method} does not support --pattern {self.pattern} "
+                                 f"(it supports: {', '.join(method.patterns)})")
+        ref = imp_reference(self.model)
+        return dataclasses.replace(
+            self,
+            init=self.init or method.default_init,
+            lam=paper_lambda(self.density) if self.lam is None else self.lam,
+            freeze_period=self.freeze_period or max(1, round(5 * self.epochs / 150)),
+            imp_lr=ref.recipe.lr if self.imp_lr is None else self.imp_lr,
+            imp_momentum=ref.recipe.momentum if self.imp_momentum is None else self.imp_momentum,
+            imp_weight_decay=ref.recipe.weight_decay if self.imp_weight_decay is None else self.imp_weight_decay,
+            imp_schedule=self.imp_schedule or ref.recipe.schedule,
+            imp_rewind_iter=ref.rewind_iter if self.imp_rewind_iter is None else self.imp_rewind_iter,
+            imp_prune_output=ref.prune_output if self.imp_prune_output is None else self.imp_prune_output,
+            world_size=world_size,
+        )
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: object, where: str = "config.json") -> "MineConfig":
+        if not isinstance(obj, dict):
+            raise GemdeployError(f"{where} is not a JSON object")
+        obj = dict(obj)
+        extra = obj.pop("extra", None)  # gemdeploy 0.1 kept world_size there
+        if isinstance(extra, dict) and "world_size" in extra and "world_size" not in obj:
+            obj["world_size"] = extra["world_size"]
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(obj) - known
+        if unknown:
+            raise GemdeployError(f"{where} has unknown keys: {', '.join(sorted(unknown))}")
+        try:
+            cfg = cls(**obj)
+            validate(cfg)
+        except (TypeError, GemdeployError) as exc:
+            raise GemdeployError(f"{where} is not a valid run configuration: {exc}") from None
+        return cfg

@@ -1,0 +1,1 @@
+"""Masks as values, global top-k selection and the N:M pattern."""

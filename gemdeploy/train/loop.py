@@ -1,0 +1,183 @@
+"""The training core shared by every method: device setup, one epoch of SGD, evaluation, schedules."""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gemdeploy.train import distributed as dist
+from gemdeploy.errors import GemdeployError
+
+
+@dataclass
+class Hardware:
+    device: torch.device
+    amp_dtype: torch.dtype | None  # bf16 autocast on CUDA
+    channels_last: bool
+    compile: bool = False
+
+    @classmethod
+    def resolve(cls, name: str = "auto", compile: bool = False) -> "Hardware":
+        if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
+            raise GemdeployError(f"unknown device {name!r}; choose auto, cpu or cuda")
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise GemdeployError("--device cuda asked for, but no CUDA GPU is visible to PyTorch (see `gemdeploy doctor`)")
+        if name == "auto":
+            name = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(name)
+        if device.type == "cuda" and device.index is None and dist.is_distributed():
+            device = torch.device("cuda", torch.cuda.current_device())
+        cuda = device.type == "cuda"
+        if cuda:
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        return cls(device, torch.bfloat16 if cuda else None, cuda, compile)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+
+def maybe_compile(module: nn.Module, hw: Hardware) -> Callable:
+    return torch.compile(module) if hw.compile else module
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    acc: float
+    images: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / max(self.seconds, 1e-9)
+
+
+def _reduce(loss_sum: torch.Tensor, correct: torch.Tensor, count: int, device) -> tuple[float, float, int]:
+    t = torch.stack([loss_sum.detach().float(), correct.detach().float(),
+                     torch.tensor(float(count), device=device)])
+    t = dist.all_reduce_sum(t)
+    n = max(1.0, float(t[2]))
+    return float(t[0]) / n, float(t[1]) / n, int(t[2])
+
+
+def train_epoch(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer, split,
+                hw: Hardware, *, epoch: int, seed: int, batch_size: int,
+                penalty: Callable[[], torch.Tensor] | None = None,
+                after_step: Callable[[], None] | None = None) -> EpochStats:
+    """One pass over ``split`` (this rank's shard of it) with SGD; returns all-reduced stats.
+
+    ``batch_size`` is the global batch: each of the data-parallel ranks takes its share of it.
+    """
+    start = time.perf_counter()
+    per_rank = max(1, batch_size // dist.world_size())
+    loss_sum = torch.zeros((), device=hw.device)
+    correct = torch.zeros((), device=hw.device)
+    count = 0
+    for x, y in split.batches(per_rank, epoch=epoch, train=True, seed=seed, rank=dist.rank(),
+                              world_size=dist.world_size(), drop_last=True):
+        with hw.autocast():
+            logits = forward(x)
+            loss = F.cross_entropy(logits.float(), y)
+        total = loss + penalty() if penalty is not None else loss
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        count += len(y)
+    loss, acc, n = _reduce(loss_sum, correct, count, hw.device)
+    if hw.device.type == "cuda":
+        torch.cuda.synchronize(hw.device)
+    return EpochStats(loss, acc, n, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], split, hw: Hardware, batch_size: int = 500) -> EpochStats:
+    """Accuracy and loss on ``split``; the caller puts the model in eval mode."""
+    start = time.perf_counter()
+    loss_sum = torch.zeros((), device=hw.device)
+    correct = torch.zeros((), device=hw.device)
+    count = 0
+    for x, y in split.batches(batch_size, rank=dist.rank(), world_size=dist.world_size()):
+        with hw.autocast():
+            logits = forward(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        count += len(y)
+    loss, acc, n = _reduce(loss_sum, correct, count, hw.device)
+    return EpochStats(loss, acc, n, time.perf_counter() - start)
+
+
+def sgd(params: Iterable[torch.Tensor], lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    return torch.optim.SGD(list(params), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def cosine_lr(base: float, epoch: int, epochs: int) -> float:
+    return 0.5 * base * (1 + math.cos(math.pi * epoch / max(1, epochs)))
+
+
+PAPER_MILESTONES = (80 / 150, 120 / 150)  # the paper's fine-tuning: x0.1 at epochs 80 and 120 of 150
+
+
+def step_lr(base: float, epoch: int, epochs: int, milestones: tuple[float, ...] = PAPER_MILESTONES) -> float:
+    """x0.1 at each milestone fraction of the run (scaled to ``epochs``; none below 3 epochs)."""
+    drops = sum(epoch >= round(epochs * f) for f in milestones) if epochs >= 3 else 0
+    return base * (0.1**drops)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a phase trains: SGD with momentum and weight decay, and a learning-rate schedule over its epochs."""
+
+    lr: float
+    momentum: float
+    weight_decay: float
+    schedule: str = "step"  # "step" (x0.1 at each milestone), "cosine" or "constant"
+    milestones: tuple[float, ...] = PAPER_MILESTONES  # fractions of the epochs, for "step"
+
+    def lr_at(self, epoch: int, epochs: int) -> float:
+        if self.schedule == "cosine":
+            return cosine_lr(self.lr, epoch, epochs)
+        if self.schedule == "constant":
+            return self.lr
+        return step_lr(self.lr, epoch, epochs, self.milestones)
+
+    def optimizer(self, params: Iterable[torch.Tensor]) -> torch.optim.SGD:
+        return sgd(params, self.lr, self.momentum, self.weight_decay)
+
+    def describe(self, epochs: int) -> str:
+        if self.schedule == "step":
+            at = "/".join(str(round(epochs * f)) for f in self.milestones) if epochs >= 3 else "-"
+            sched = f"x0.1 at epochs {at}"
+        else:
+            sched = self.schedule
+        return (f"SGD lr {self.lr:g}, momentum {self.momentum:g}, wd {self.weight_decay:g}, {sched}, "
+                f"{epochs} epochs")
+
+    def to_json(self) -> dict:
+        return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
+                "schedule": self.schedule, "milestones": list(self.milestones)}
