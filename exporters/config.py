@@ -17,16 +17,17 @@ _TRT = "TensorRT (--trt)"
 @dataclass(frozen=True)
 class ExportOptions:
     precision: list[str] = option(["fp32"], "Precisions to export (repeatable); fp32 is always exported: it is "
-                                  "the reference the others are checked against.", choices=PRECISIONS.names,
+                                  "the reference the others are checked against.", choices=PRECISIONS.names, kind="precision",
                                   short="-p")
     calib_samples: int = option(512, "INT8: training-split images used for calibration.", check=at_least(1))
-    calib_method: str = option("entropy", "INT8 calibration method.", choices=lambda: list(CALIB_METHODS))
+    calib_method: str = option("entropy", "INT8 calibration method.", choices=lambda: list(CALIB_METHODS),
+                               kind="calibration method")
     max_int8_drop: float = option(1.0, "INT8: largest acceptable test-accuracy drop, in points; above it the "
                                   "export warns and exits 3.", check=at_least(0))
     verify_samples: int = option(512, "Test images on which ONNX Runtime is checked against PyTorch.",
                                  check=at_least(1))
     exporter: str = option("auto", "auto (torch.export, falling back to TorchScript), dynamo or torchscript.",
-                           choices=lambda: list(EXPORTERS))
+                           choices=lambda: list(EXPORTERS), kind="exporter")
     sparse_storage: bool = option(True, "Also write model.sparse.onnx (weights as ONNX sparse initializers).")
     trt: bool = option(False, "Also build a TensorRT engine per precision (needs TensorRT and a CUDA GPU).",
                        panel=_TRT)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -34,13 +35,14 @@ class Spec:
     short: str | None = None
     metavar: str | None = None
     panel: str | None = None  # rich help panel
+    kind: str | None = None  # what a choice is called in errors ("model", "data set", ...)
 
 
 def option(default: Any, help: str, *, check: Check | None = None, choices: Callable[[], list[str]] | None = None,
            cli: bool = True, flag: str | None = None, short: str | None = None, metavar: str | None = None,
-           panel: str | None = None) -> Any:
+           panel: str | None = None, kind: str | None = None) -> Any:
     """A dataclass field with its command-line declaration (a list default is copied for every instance)."""
-    spec = Spec(help, check, choices, cli, flag, short, metavar, panel)
+    spec = Spec(help, check, choices, cli, flag, short, metavar, panel, kind)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"spec": spec})
     return field(default=default, metadata={"spec": spec})
@@ -109,7 +111,8 @@ def validate(obj: Any) -> None:
             allowed = spec.choices()
             for v in value if isinstance(value, (list, tuple)) else [value]:
                 if v not in allowed:
-                    raise GemdeployError(f"unknown value {v!r} for {flag_name(f)}; choose one of: {', '.join(allowed)}")
+                    kind = spec.kind or flag_name(f)[2:].replace("-", " ")
+                    raise GemdeployError(f"unknown {kind} {v!r} ({flag_name(f)}); choose one of: {', '.join(allowed)}")
         if spec.check is not None:
             problem = spec.check(value)
             if problem:
@@ -127,20 +130,17 @@ def defaults(cls) -> dict[str, Any]:
 
 
 # --- command line ----------------------------------------------------------------------------------------
-def _cli_annotation(tp: Any, spec: Spec) -> Any:
-    """The Typer annotation for a field type: choices become Literal so help lists them."""
+def _cli_annotation(tp: Any) -> Any:
+    """The Typer annotation for a field type. Choices stay plain strings: `validate` refuses a bad one with the
+    project's own one-line message (and the help text lists them)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    optional_of = None
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", object)) and type(None) in args:
-        optional_of = next(a for a in args if a is not type(None))
-        tp = optional_of
-        origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (list, tuple):  # Typer takes no Literal inside a list: the help text lists the choices instead
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        inner = next(a for a in args if a is not type(None))
+        return typing.Optional[_cli_annotation(inner)]
+    if origin in (list, tuple):
         return typing.List[args[0] if args else str]  # type: ignore[valid-type]
-    if spec.choices is not None:
-        tp = typing.Literal[tuple(spec.choices())]  # type: ignore[misc]
-    return typing.Optional[tp] if optional_of is not None else tp
+    return tp
 
 
 def cli_parameters(cls, *, skip: tuple[str, ...] = (), overrides: dict[str, Any] | None = None) -> list[inspect.Parameter]:
@@ -170,7 +170,7 @@ def cli_parameters(cls, *, skip: tuple[str, ...] = (), overrides: dict[str, Any]
         opt = typer.Option(default, *names, help=help_text, rich_help_panel=spec.panel, show_default=tp is not bool,
                            **extra)
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt,
-                                        annotation=_cli_annotation(tp, spec)))
+                                        annotation=_cli_annotation(tp)))
     return params
 
 

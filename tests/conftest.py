@@ -1,19 +1,52 @@
-"""Shared fixtures: the real CLI in a subprocess, and small real runs on the offline digit sets."""
+"""Shared fixtures: the real CLI (in this process, or in a subprocess where a signal or several processes are the
+point), and small real runs on the offline digit sets."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+os.environ["COLUMNS"] = "200"  # rich tables are not cut at 80 columns in captured output
+
+
+@dataclass
+class Result:
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args: str, check: bool = False) -> Result:
+    """Run `gemdeploy ARGS` in this process through its real entry point (gemdeploy.cli.app.main): the same parser,
+    error handling and exit codes a user gets, without paying a Python + torch start-up per call."""
+    from gemdeploy.cli.app import main
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    os.environ.pop("GEMDEPLOY_DEBUG", None)
+    result = Result(argv, code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"gemdeploy {' '.join(argv)} failed ({code}):\n{result.stdout}\n{result.stderr}")
+    return result
 
 
 def run_cli(*args: str, check: bool = False, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the installed `gemdeploy` command line for real (a subprocess, as a user would)."""
+    """Run the installed `gemdeploy` command line in a subprocess, as a user would (signals, torchrun, start-up)."""
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "gemdeploy.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=full_env)
@@ -22,7 +55,7 @@ def run_cli(*args: str, check: bool = False, timeout: int = 600, env: dict | Non
     return proc
 
 
-def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+def assert_clean_error(proc, *needles: str) -> None:
     """One clear line on stderr, a non-zero exit, no traceback."""
     assert proc.returncode != 0, proc.stdout
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
@@ -54,7 +87,7 @@ QUICK = ["--data", "mnist5k", "--epochs", "3", "--finetune-epochs", "2", "--quie
 def lenet_run(tmp_path_factory) -> Path:
     """A real Gem-Miner ticket of LeNet-300-100 on the offline MNIST digits (seconds on 2 cores)."""
     out = tmp_path_factory.mktemp("runs") / "lenet-gm"
-    run_cli("mine", "--model", "lenet300", "--sparsity", "0.986", "--out", out, *QUICK, check=True)
+    cli("mine", "--model", "lenet300", "--sparsity", "0.986", "--out", out, *QUICK, check=True)
     return out
 
 
@@ -62,6 +95,6 @@ def lenet_run(tmp_path_factory) -> Path:
 def conv_run(tmp_path_factory) -> Path:
     """A real Gem-Miner ticket of a CIFAR ResNet-20 on the offline MNIST digits."""
     out = tmp_path_factory.mktemp("runs") / "r20-gm"
-    run_cli("mine", "--model", "resnet20", "--sparsity", "0.9", "--out", out, "--data", "mnist5k", "--epochs", "1",
-            "--finetune-epochs", "1", "--quiet", check=True)
+    cli("mine", "--model", "resnet20", "--sparsity", "0.9", "--out", out, "--data", "mnist5k", "--epochs", "1",
+        "--finetune-epochs", "1", "--quiet", check=True)
     return out

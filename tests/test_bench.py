@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, cli
 
 TINY = ["--data", "digits", "--epochs", "2", "--finetune-epochs", "2", "--quiet"]
 
@@ -13,17 +13,17 @@ TINY = ["--data", "digits", "--epochs", "2", "--finetune-epochs", "2", "--quiet"
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     gm, dense = root / "gm", root / "dense"
-    run_cli("mine", "--model", "lenet300", "--sparsity", "0.95", "--out", gm, *TINY, check=True)
-    run_cli("mine", "--model", "lenet300", "--method", "dense", "--out", dense, *TINY, check=True)
+    cli("mine", "--model", "lenet300", "--sparsity", "0.95", "--out", gm, *TINY, check=True)
+    cli("mine", "--model", "lenet300", "--method", "dense", "--out", dense, *TINY, check=True)
     for r in (gm, dense):
-        run_cli("export", r, check=True)
+        cli("export", r, check=True)
     return gm, dense
 
 
 def test_bench_reports_every_run_backend_and_batch(runs, tmp_path):
     gm, dense = runs
     out = tmp_path / "report"
-    proc = run_cli("bench", gm, "--against", dense, "--batch-size", "1", "--batch-size", "8", "--iters", "3",
+    proc = cli("bench", gm, "--against", dense, "--batch-size", "1", "--batch-size", "8", "--iters", "3",
                    "--warmup", "1", "--threads", "1", "--out", out, "--json", check=True)
     result = json.loads(proc.stdout)
     assert result["reference"] == "dense"  # the dense run is the reference wherever it is listed
@@ -65,20 +65,20 @@ def test_bench_reports_every_run_backend_and_batch(runs, tmp_path):
 def test_bench_refuses_runs_of_different_data(runs, tmp_path):
     gm, _ = runs
     other = tmp_path / "mnist"
-    run_cli("mine", "--model", "lenet300", "--data", "mnist5k", "--epochs", "1", "--finetune-epochs", "1", "--quiet",
+    cli("mine", "--model", "lenet300", "--data", "mnist5k", "--epochs", "1", "--finetune-epochs", "1", "--quiet",
             "--out", other, check=True)
-    proc = run_cli("bench", gm, "--against", other, "--out", tmp_path / "r")
+    proc = cli("bench", gm, "--against", other, "--out", tmp_path / "r")
     assert_clean_error(proc, "cannot compare", "digits", "mnist5k")
     assert not (tmp_path / "r").exists()
 
 
 def test_bench_names_the_export_command_for_a_missing_artifact(tmp_path):
     run = tmp_path / "noexport"
-    run_cli("mine", "--model", "lenet300", "--out", run, *TINY, check=True)
-    proc = run_cli("bench", run, "--backend", "onnxruntime-cpu", "--iters", "1", "--out", tmp_path / "r")
+    cli("mine", "--model", "lenet300", "--out", run, *TINY, check=True)
+    proc = cli("bench", run, "--backend", "onnxruntime-cpu", "--iters", "1", "--out", tmp_path / "r")
     assert_clean_error(proc, "no ONNX export", f"gemdeploy export {run}")
-    assert_clean_error(run_cli("bench", run, "--backend", "warp-drive", "--out", tmp_path / "r"), "unknown backend")
-    assert_clean_error(run_cli("bench", tmp_path / "nothing"), "not a gemdeploy run directory")
+    assert_clean_error(cli("bench", run, "--backend", "warp-drive", "--out", tmp_path / "r"), "unknown backend")
+    assert_clean_error(cli("bench", tmp_path / "nothing"), "not a gemdeploy run directory")
 
 
 def test_bench_never_overwrites_a_report(runs, tmp_path):
@@ -86,7 +86,7 @@ def test_bench_never_overwrites_a_report(runs, tmp_path):
     out = tmp_path / "r"
     out.mkdir()
     (out / "report.md").write_text("mine")
-    assert_clean_error(run_cli("bench", gm, "--out", out), "already holds a report", "--overwrite")
+    assert_clean_error(cli("bench", gm, "--out", out), "already holds a report", "--overwrite")
     assert (out / "report.md").read_text() == "mine"
 
 
@@ -97,6 +97,6 @@ def test_tensorrt_engine_batch_profile_is_enforced(runs):
     if not (trt["available"] and gpu["available"]):
         pytest.skip(f"needs TensorRT and a CUDA GPU: {trt['reason'] or gpu['reason']}")
     gm, _ = runs
-    run_cli("export", gm, "--trt", "--max-batch", "4", "--opt-batch", "2", "--overwrite", check=True)
-    assert_clean_error(run_cli("bench", gm, "--backend", "tensorrt", "--batch-size", "16", "--overwrite"),
+    cli("export", gm, "--trt", "--max-batch", "4", "--opt-batch", "2", "--overwrite", check=True)
+    assert_clean_error(cli("bench", gm, "--backend", "tensorrt", "--batch-size", "16", "--overwrite"),
                        "above the engine's profile")

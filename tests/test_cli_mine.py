@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import QUICK, assert_clean_error, interrupt_when, run_cli
+from conftest import QUICK, assert_clean_error, cli, interrupt_when, run_cli
 from gemdeploy.sparsity.masks import Mask
 
 
@@ -31,7 +31,7 @@ def test_mine_end_to_end_on_mnist(lenet_run):
 
 def test_dense_method_trains_the_unpruned_model(tmp_path):
     out = tmp_path / "dense"
-    run_cli("mine", "--model", "lenet300", "--method", "dense", "--out", out, *QUICK, check=True)
+    cli("mine", "--model", "lenet300", "--method", "dense", "--out", out, *QUICK, check=True)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sparsity"] == 0.0 and summary["target_sparsity"] == 0.0
     assert summary["test_acc"] > 0.8
@@ -66,9 +66,18 @@ def test_resume_after_interrupt_gives_the_same_mask(tmp_path):
     (["--data", "cifar10", "--data-dir", "/nonexistent/cifar"], ["/nonexistent/cifar", "does not exist"]),
     (["--data", "cifar10"], ["needs --data-dir"]),
     (["--pattern", "3:7"], ["unknown pattern"]),
+    (["--lr", "-0.1"], ["--lr", "> 0"]),
+    (["--finetune-lr", "0"], ["--finetune-lr", "> 0"]),
+    (["--lam", "nan"], ["--lam", ">= 0"]),
+    (["--epochs", "0"], ["--epochs", ">= 1"]),
+    (["--batch-size", "-4"], ["--batch-size", ">= 1"]),
+    (["--momentum", "1.5"], ["--momentum", "[0, 1)"]),
+    (["--imp-schedule", "linear"], ["unknown IMP schedule"]),
+    (["--device", "tpu"], ["--device"]),
+    (["--nm", "4:2"], ["--nm", "0 < N < M"]),
 ])
 def test_bad_input_gets_one_clear_line(tmp_path, args, needles):
-    proc = run_cli("mine", "--out", tmp_path / "never", "--model", "lenet300", *QUICK, *args)
+    proc = cli("mine", "--out", tmp_path / "never", "--model", "lenet300", *QUICK, *args)
     assert_clean_error(proc, *needles)
     assert not (tmp_path / "never").exists()
 
@@ -77,10 +86,10 @@ def test_existing_run_directory_is_never_overwritten_by_default(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    proc = run_cli("mine", "--out", out, "--model", "lenet300", *QUICK)
+    proc = cli("mine", "--out", out, "--model", "lenet300", *QUICK)
     assert_clean_error(proc, "already exists", "--resume", "--overwrite")
-    proc = run_cli("mine", "--out", out, "--model", "lenet300", "--overwrite", *QUICK)
-    assert_clean_error(proc, "not a gemdeploy run directory")
+    proc = cli("mine", "--out", out, "--model", "lenet300", "--overwrite", *QUICK)
+    assert_clean_error(proc, "not created by gemdeploy")
     assert (out / "precious.txt").read_text() == "keep me"
 
 
@@ -91,9 +100,33 @@ def test_corrupt_checkpoint_on_resume_is_reported(tmp_path):
     assert proc.returncode == 130
     ckpt = out / "checkpoint-mine.safetensors"
     ckpt.write_bytes(b"\x00garbage" * 10)
-    assert_clean_error(run_cli("mine", "--out", out, "--resume", "--quiet"), "corrupt", "checkpoint-mine")
+    assert_clean_error(cli("mine", "--out", out, "--resume", "--quiet"), "corrupt", "checkpoint-mine")
     assert ckpt.read_bytes() == b"\x00garbage" * 10  # nothing overwritten
 
 
 def test_resume_of_a_directory_that_is_not_a_run(tmp_path):
-    assert_clean_error(run_cli("mine", "--out", tmp_path, "--resume"), "nothing to resume")
+    assert_clean_error(cli("mine", "--out", tmp_path, "--resume"), "nothing to resume")
+
+
+def test_overwrite_never_deletes_a_folder_gemdeploy_did_not_create(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json").write_text('{"editor": "vim"}')  # a user's own config.json: not a gemdeploy run
+    (out / "precious.txt").write_text("keep me")
+    proc = cli("mine", "--out", out, "--model", "lenet300", "--overwrite", *QUICK)
+    assert_clean_error(proc, "refusing to overwrite", "not created by gemdeploy")
+    assert (out / "config.json").read_text() == '{"editor": "vim"}' and (out / "precious.txt").read_text() == "keep me"
+
+
+def test_overwrite_of_a_run_removes_only_what_gemdeploy_wrote(tmp_path):
+    out = tmp_path / "run"
+    cli("mine", "--out", out, "--model", "lenet300", "--sparsity", "0.9", *QUICK, check=True)
+    first = json.loads((out / "summary.json").read_text())
+    (out / "notes.md").write_text("my notes about this run")
+    (out / "export").mkdir()  # gemdeploy's own subfolder: goes with the run
+    cli("mine", "--out", out, "--model", "lenet300", "--sparsity", "0.5", "--overwrite", *QUICK, check=True)
+    second = json.loads((out / "summary.json").read_text())
+    assert first["kept_weights"] != second["kept_weights"]  # really replaced
+    assert (out / "notes.md").read_text() == "my notes about this run"
+    assert not (out / "export").exists()
+    assert json.loads((out / ".gemdeploy").read_text())["tool"] == "gemdeploy"

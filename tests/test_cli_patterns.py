@@ -8,7 +8,7 @@ import shutil
 
 import torch
 
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, cli
 from gemdeploy.sparsity.masks import Mask
 from gemdeploy.sparsity.nm import satisfies_nm
 
@@ -21,7 +21,7 @@ def _digest(path):
 
 def test_mine_2_4_gives_an_exact_2_4_ticket_along_input_channels(tmp_path):
     out = tmp_path / "conv4-24"
-    run_cli("mine", "--model", "conv4", "--data", "digits", "--sparsity", "0.8", "--pattern", "2:4", "--out", out,
+    cli("mine", "--model", "conv4", "--data", "digits", "--sparsity", "0.8", "--pattern", "2:4", "--out", out,
             *TINY, check=True)
     mask = Mask.load(out / "mask.safetensors")
     record = json.loads((out / "compact.json").read_text())
@@ -37,7 +37,7 @@ def test_mine_2_4_gives_an_exact_2_4_ticket_along_input_channels(tmp_path):
 
 def test_mine_channel_pattern_gives_a_thinner_network(tmp_path):
     out = tmp_path / "lenet-ch"
-    run_cli("mine", "--model", "lenet300", "--data", "mnist5k", "--sparsity", "0.75", "--pattern", "channel",
+    cli("mine", "--model", "lenet300", "--data", "mnist5k", "--sparsity", "0.75", "--pattern", "channel",
             "--out", out, *TINY, check=True)
     summary = json.loads((out / "summary.json").read_text())
     assert abs(summary["ticket"]["channel_sparsity"] - 0.75) < 0.01
@@ -52,7 +52,7 @@ def test_mine_channel_pattern_gives_a_thinner_network(tmp_path):
 def test_compact_projects_a_run_to_2_4_into_a_new_directory(lenet_run, tmp_path):
     before = _digest(lenet_run)
     out = tmp_path / "lenet-24"
-    proc = run_cli("compact", lenet_run, "--pattern", "2:4", "--out", out, "--finetune-epochs", "1", "--quiet",
+    proc = cli("compact", lenet_run, "--pattern", "2:4", "--out", out, "--finetune-epochs", "1", "--quiet",
                    check=True)
     assert "file bytes" in proc.stdout
     assert _digest(lenet_run) == before  # the source run is only read
@@ -64,28 +64,28 @@ def test_compact_projects_a_run_to_2_4_into_a_new_directory(lenet_run, tmp_path)
     assert summary["pattern"] == "2:4" and summary["ticket"]["projected_from"] == str(lenet_run.resolve())
     assert (out / "compact.safetensors").is_file()
     # The new directory is never silently replaced.
-    assert_clean_error(run_cli("compact", lenet_run, "--pattern", "2:4", "--out", out), "already exists")
+    assert_clean_error(cli("compact", lenet_run, "--pattern", "2:4", "--out", out), "already exists")
 
 
 def test_compact_errors_are_one_line(lenet_run, tmp_path):
-    assert_clean_error(run_cli("compact", lenet_run, "--pattern", "2:4"), "--out")
-    assert_clean_error(run_cli("compact", tmp_path / "nope"), "not a gemdeploy run directory")
-    assert_clean_error(run_cli("compact", lenet_run, "--pattern", "3:4x"), "--pattern")
-    assert_clean_error(run_cli("compact", lenet_run, "--round-to", "4"), "--overwrite")
+    assert_clean_error(cli("compact", lenet_run, "--pattern", "2:4"), "--out")
+    assert_clean_error(cli("compact", tmp_path / "nope"), "not a gemdeploy run directory")
+    assert_clean_error(cli("compact", lenet_run, "--pattern", "3:4x"), "--pattern")
+    assert_clean_error(cli("compact", lenet_run, "--round-to", "4"), "--overwrite")
     copy = tmp_path / "copy"
     shutil.copytree(lenet_run, copy)
-    assert_clean_error(run_cli("compact", copy, "--round-to", "0", "--overwrite"), "--round-to")
-    run_cli("compact", copy, "--round-to", "4", "--overwrite", check=True)
+    assert_clean_error(cli("compact", copy, "--round-to", "0", "--overwrite"), "--round-to")
+    cli("compact", copy, "--round-to", "4", "--overwrite", check=True)
     assert json.loads((copy / "compact.json").read_text())["round_to"] == 4
     (copy / "weights.safetensors").write_bytes(b"broken")
-    assert_clean_error(run_cli("compact", copy, "--overwrite"), "corrupt")
-    assert_clean_error(run_cli("mine", "--model", "lenet300", "--data", "mnist5k", "--pattern", "2:4", "--nm", "4:2",
+    assert_clean_error(cli("compact", copy, "--overwrite"), "corrupt")
+    assert_clean_error(cli("mine", "--model", "lenet300", "--data", "mnist5k", "--pattern", "2:4", "--nm", "4:2",
                                "--out", tmp_path / "bad"), "--nm")
 
 
 def test_channel_sparsity_combines_a_channel_ticket_with_unstructured_sparsity(tmp_path):
     out = tmp_path / "lenet-ch-un"
-    run_cli("mine", "--model", "lenet300", "--data", "mnist5k", "--sparsity", "0.95", "--channel-sparsity", "0.5",
+    cli("mine", "--model", "lenet300", "--data", "mnist5k", "--sparsity", "0.95", "--channel-sparsity", "0.5",
             "--out", out, *TINY, check=True)
     summary = json.loads((out / "summary.json").read_text())
     assert abs(summary["sparsity"] - 0.95) < 0.005 and abs(summary["ticket"]["channel_sparsity"] - 0.5) < 0.01
@@ -94,5 +94,5 @@ def test_channel_sparsity_combines_a_channel_ticket_with_unstructured_sparsity(t
     assert all(torch.all(mask[k] <= channels[k]) for k in mask)  # stage 2 stays inside the kept channels
     record = json.loads((out / "compact.json").read_text())
     assert sum(r["out_after"] for r in record["layers"][:2]) <= 0.5 * 400 + 16
-    assert_clean_error(run_cli("mine", "--model", "lenet300", "--data", "mnist5k", "--pattern", "channel",
+    assert_clean_error(cli("mine", "--model", "lenet300", "--data", "mnist5k", "--pattern", "channel",
                                "--channel-sparsity", "0.5", "--out", tmp_path / "bad"), "--channel-sparsity")

@@ -7,7 +7,7 @@ import json
 import onnxruntime
 import torch
 
-from conftest import run_cli
+from conftest import cli, run_cli
 from gemdeploy.exporters.tensorrt_build import tensorrt_status
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, cli
 from gemdeploy.errors import GemdeployError
 from gemdeploy.exporters import onnx_export as ox
 from gemdeploy.exporters.sparsity import apply_24_magnitude_, onnx_24_report
@@ -85,8 +85,10 @@ def test_failed_verification_is_an_error_and_leaves_no_file(tmp_path):
 
 
 def _polygraphy_sparsity(path: Path) -> tuple[set[str], set[str]]:
-    exe = Path(sys.executable).with_name("polygraphy")
-    proc = subprocess.run([str(exe), "inspect", "sparsity", str(path)], capture_output=True, text=True, timeout=300)
+    # NVIDIA's own command-line tool, run as its console script does (polygraphy.tools.main)
+    code = "import sys; from polygraphy.tools import main; sys.argv[0] = 'polygraphy'; sys.exit(main())"
+    proc = subprocess.run([sys.executable, "-c", code, "inspect", "sparsity", str(path)], capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = proc.stdout + proc.stderr
     return set(re.findall(r"Found sparse tensor: (\S+)", text)), set(re.findall(r"Found non-sparse tensor: (\S+)", text))
@@ -132,9 +134,9 @@ def test_24_layout_survives_export_per_polygraphy(precision, tmp_path):
 def test_24_run_from_the_cli_exports_in_tensorrt_layout(tmp_path):
     """A real `mine --pattern 2:4` ticket: NVIDIA's checker reports every eligible tensor of the export sparse."""
     run = tmp_path / "l24"
-    run_cli("mine", "--model", "lenet300", "--data", "digits", "--pattern", "2:4", "--sparsity", "0.5", "--epochs", "1",
+    cli("mine", "--model", "lenet300", "--data", "digits", "--pattern", "2:4", "--sparsity", "0.5", "--epochs", "1",
             "--finetune-epochs", "1", "--quiet", "--out", run, check=True)
-    run_cli("export", run, "--no-sparse-storage", "--quiet", check=True)
+    cli("export", run, "--no-sparse-storage", "--quiet", check=True)
     record = json.loads((run / "export" / "export.json").read_text())
     assert record["pattern"] == "2:4" and record["sparsity_24"]["eligible"] == 3
     sparse, dense = _polygraphy_sparsity(run / "export" / "model.fp32.onnx")
@@ -188,7 +190,7 @@ def test_every_calibration_method_gives_symmetric_per_channel_qdq(method, tmp_pa
 def exported(lenet_run, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("export") / "lenet"
     shutil.copytree(lenet_run, run, ignore=shutil.ignore_patterns("export"))
-    proc = run_cli("export", run, "--precision", "fp16", "--precision", "int8", "--calib-samples", "256")
+    proc = cli("export", run, "--precision", "fp16", "--precision", "int8", "--calib-samples", "256")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return run
 
@@ -240,7 +242,7 @@ def test_second_export_reuses_the_calibration_cache(exported):
     cache = Path(first["cache"])
     assert cache.is_file()
     before = cache.stat().st_mtime_ns
-    proc = run_cli("export", exported, "--precision", "int8", "--calib-samples", "256", "--overwrite",
+    proc = cli("export", exported, "--precision", "int8", "--calib-samples", "256", "--overwrite",
                    "--no-sparse-storage", "--quiet")
     assert proc.returncode == 0, proc.stderr
     second = json.loads((out / "model.int8.json").read_text())["calibration"]
@@ -248,11 +250,47 @@ def test_second_export_reuses_the_calibration_cache(exported):
     assert cache.stat().st_mtime_ns == before
 
 
-def test_existing_artifacts_are_not_overwritten(exported):
-    before = (exported / "export" / "model.fp32.onnx").read_bytes()
-    proc = run_cli("export", exported)
-    assert_clean_error(proc, "--overwrite")
-    assert (exported / "export" / "model.fp32.onnx").read_bytes() == before
+def test_reexport_keeps_current_files_and_refuses_files_from_other_weights(exported):
+    out = exported / "export"
+    before = {n: ((out / n).read_bytes(), (out / n).stat().st_mtime_ns) for n in ("model.fp32.onnx", "model.int8.onnx")}
+    proc = cli("export", exported, "--precision", "int8")  # nothing to do: everything is current
+    assert proc.returncode == 0, proc.stderr
+    assert "kept" in proc.stdout
+    for n, (data, mtime) in before.items():
+        assert (out / n).read_bytes() == data and (out / n).stat().st_mtime_ns == mtime, n
+    # A file exported from other weights (here: its sidecar says so) is never replaced without --overwrite.
+    side = json.loads((out / "model.int8.json").read_text())
+    (out / "model.int8.json").write_text(json.dumps({**side, "source_sha256": "0" * 64}))
+    assert_clean_error(cli("export", exported, "--precision", "int8"), "model.int8.onnx", "other weights",
+                       "--overwrite")
+    assert (out / "model.int8.onnx").read_bytes() == before["model.int8.onnx"][0]
+    (out / "model.int8.json").write_text(json.dumps(side))
+
+
+def test_a_precision_is_added_next_to_the_verified_files(lenet_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(lenet_run, run, ignore=shutil.ignore_patterns("export"))
+    cli("export", run, "--quiet", check=True)
+    fp32 = (run / "export" / "model.fp32.onnx").read_bytes()
+    cli("export", run, "--precision", "fp16", "--quiet", check=True)
+    assert (run / "export" / "model.fp32.onnx").read_bytes() == fp32  # kept, not redone
+    record = json.loads((run / "export" / "export.json").read_text())
+    assert set(record["artifacts"]) >= {"fp32", "fp16"} and record["exported_now"] == ["fp16"]
+    assert record["accuracy"]["fp16"] is not None
+
+
+def test_an_export_killed_between_its_renames_is_redone_by_a_plain_rerun(lenet_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(lenet_run, run, ignore=shutil.ignore_patterns("export"))
+    cli("export", run, "--quiet", check=True)
+    out = run / "export"
+    (out / "model.fp32.json").unlink()  # the file was renamed into place, its sidecar never written
+    (out / ".staging-dead").mkdir()  # and a staging folder of a killed export
+    (out / ".staging-dead" / "model.fp32.onnx").write_bytes(b"unverified")
+    proc = cli("export", run)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "model.fp32.json").read_text())["verification"]["ok"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.skipif(tensorrt_status()["available"] and cuda_status()["available"],
@@ -260,7 +298,7 @@ def test_existing_artifacts_are_not_overwritten(exported):
 def test_export_trt_without_tensorrt_names_what_is_missing_and_keeps_onnx(lenet_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(lenet_run, run, ignore=shutil.ignore_patterns("export"))
-    proc = run_cli("export", run, "--trt", "--quiet", "--no-sparse-storage")
+    proc = cli("export", run, "--trt", "--quiet", "--no-sparse-storage")
     missing = "TensorRT" if not tensorrt_status()["available"] else "CUDA GPU"
     assert_clean_error(proc, "--trt needs TensorRT and a CUDA GPU", missing, "pip install tensorrt")
     assert (run / "export" / "model.fp32.onnx").is_file()
@@ -275,21 +313,21 @@ def _copy_without(lenet_run, tmp_path, *drop) -> Path:
 
 def test_run_without_fine_tuned_ticket_is_refused(lenet_run, tmp_path):
     run = _copy_without(lenet_run, tmp_path, "weights.safetensors", "compact.*")
-    assert_clean_error(run_cli("export", run), "no fine-tuned ticket")
+    assert_clean_error(cli("export", run), "no fine-tuned ticket")
     assert not (run / "export").exists() or not any((run / "export").iterdir())
 
 
 def test_corrupt_weights_are_refused(lenet_run, tmp_path):
     run = _copy_without(lenet_run, tmp_path)
     (run / "weights.safetensors").write_bytes(b"\x00garbage" * 10)
-    assert_clean_error(run_cli("export", run), "corrupt")
+    assert_clean_error(cli("export", run), "corrupt")
     assert not (run / "export").exists() or not any((run / "export").iterdir())
 
 
 def test_bad_options_are_one_line_errors(lenet_run, tmp_path):
-    assert_clean_error(run_cli("export", tmp_path / "nope"), "not a gemdeploy run directory")
-    assert_clean_error(run_cli("export", lenet_run, "--precision", "bf16"), "unknown precision", "int8")
-    assert_clean_error(run_cli("export", lenet_run, "--calib-method", "kl"), "unknown calibration method", "entropy")
+    assert_clean_error(cli("export", tmp_path / "nope"), "not a gemdeploy run directory")
+    assert_clean_error(cli("export", lenet_run, "--precision", "bf16"), "unknown precision", "int8")
+    assert_clean_error(cli("export", lenet_run, "--calib-method", "kl"), "unknown calibration method", "entropy")
 
 
 def _trt_missing() -> str | None:
@@ -306,11 +344,11 @@ def _trt_missing() -> str | None:
 def test_tensorrt_engine_build_with_sparse_weights(lenet_run, tmp_path, precision):
     run = _copy_without(lenet_run, tmp_path)
     cache = tmp_path / "timing.cache"
-    proc = run_cli("export", run, "--trt", "--precision", precision, "--timing-cache", cache, "--max-batch", "64")
+    proc = cli("export", run, "--trt", "--precision", precision, "--timing-cache", cache, "--max-batch", "64")
     assert proc.returncode in (0, 3), proc.stderr
     side = json.loads((run / "export" / f"engine.{precision}.json").read_text())
     assert side["precision"] == precision and side["profile"]["max"][0] == 64 and side["tensorrt"]
     assert (run / "export" / f"engine.{precision}.plan").stat().st_size > 0 and cache.is_file()
-    proc = run_cli("export", run, "--trt", "--precision", precision, "--timing-cache", cache, "--max-batch", "64",
+    proc = cli("export", run, "--trt", "--precision", precision, "--timing-cache", cache, "--max-batch", "64",
                    "--overwrite")
     assert json.loads((run / "export" / f"engine.{precision}.json").read_text())["timing_cache_reused"] is True

@@ -13,7 +13,7 @@ from gemdeploy.options import at_least, each, option, validate
 class BenchOptions:
     batch_size: list[int] = option([1, 64], "Batch sizes to time (repeatable).", check=each(at_least(1)), short="-b")
     backend: list[str] = option([], "Only these backends (repeatable; default: every available one that is not "
-                                "opt-in). See `gemdeploy methods`.", choices=BACKENDS.names)
+                                "opt-in). See `gemdeploy methods`.", choices=BACKENDS.names, kind="backend")
     iters: int = option(50, "Timed calls per measurement.", check=at_least(1))
     warmup: int = option(10, "Untimed warm-up calls.", check=at_least(0))
     threads: int = option(0, "CPU threads for PyTorch and ONNX Runtime (0: PyTorch's default).", check=at_least(0))

@@ -101,7 +101,7 @@ def measure(paths: list[Path], opts: BenchOptions, progress: Callable[[str], Non
             items = backend.artifacts(run, threads)
             if not items:
                 if opts.backend:
-                    raise GemdeployError(f"{run.art.run.path} has nothing for {backend.name}; make it with "
+                    raise GemdeployError(f"{run.art.run.path} has no {backend.needs} for {backend.name}; make it with "
                                          f"`{backend.missing_hint(run)}`")
                 skipped.append({"backend": backend.name, "run": run.name,
                                 "reason": f"no artifact for it (`{backend.missing_hint(run)}`)"})

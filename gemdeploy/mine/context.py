@@ -24,6 +24,7 @@ class RunContext:
     reporter: Reporter
     init_state: dict[str, torch.Tensor]
     resume: bool = False
+    layer_targets: dict[str, int] | None = None  # sanity's invert: mine to these per-layer counts
 
     def fresh_model(self, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
         """The network at ``state`` (default: its initial weights), on the device."""

@@ -6,7 +6,8 @@ starting weights, same recipe, same number of epochs):
 - ``shuffle``: the mask permuted at random inside every layer (layer-wise densities kept exactly);
 - ``reinit``: the same mask on freshly drawn kaiming-normal weights;
 - ``invert``: for a method with a mining loop (Gem-Miner), mining again with the freezing order reversed (the
-  highest |p| frozen out first: the authors' `--invert-sanity-check`); for score-at-init methods and edge-popup,
+  highest |p| frozen out first: the authors' `--invert-sanity-check`), each layer frozen down to the original
+  ticket's count in that layer so the layer-wise densities stay those of the ticket; for score-at-init methods and edge-popup,
   per layer the lowest-scoring weights instead of the highest, as many as the ticket keeps there.
 
 A real ticket loses accuracy under these; a method that only found good layer-wise densities does not. With a
@@ -99,7 +100,8 @@ def _inverted_ticket(ctx: RunContext, method, sub: RunDir, art: RunArtifacts, ma
         if sub.has(layout.MASK):
             return Mask.load(sub / layout.MASK), "re-mined, freezing the highest |p| first"
         cfg = dataclasses.replace(ctx.config, invert_freezing=True)
-        ticket = method.find_ticket(dataclasses.replace(ctx, config=cfg, run=sub, resume=True))
+        targets = {k: int(m.count_nonzero()) for k, m in mask.items()}
+        ticket = method.find_ticket(dataclasses.replace(ctx, config=cfg, run=sub, resume=True, layer_targets=targets))
         sub.save_mask(layout.MASK, ticket.mask)
         clear_checkpoint(sub, "mine")
         return ticket.mask, "re-mined, freezing the highest |p| first"

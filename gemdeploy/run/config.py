@@ -40,13 +40,13 @@ def _device_check(value: str) -> str | None:
 
 @dataclass(frozen=True)
 class MineConfig:
-    model: str = option("resnet20", "Architecture (`gemdeploy methods` describes each).", choices=MODELS.names)
-    data: str = option("cifar10", "Data set.", choices=DATASETS.names)
-    method: str = option("gem-miner", "Ticket-finding method.", choices=METHODS.names)
+    model: str = option("resnet20", "Architecture (`gemdeploy methods` describes each).", choices=MODELS.names, kind="model")
+    data: str = option("cifar10", "Data set.", choices=DATASETS.names, kind="data set")
+    method: str = option("gem-miner", "Ticket-finding method.", choices=METHODS.names, kind="method")
     sparsity: float = option(0.986, "Fraction of prunable weights removed, in [0, 1): 0.986 keeps 1.4%.",
                              check=in_range(0, 1, hi_open=True))
     pattern: str = option("unstructured", "Sparsity pattern: 2:4 is N:M from --nm along input channels; with channel, "
-                          "--sparsity is the fraction of channels removed.", choices=lambda: list(PATTERNS))
+                          "--sparsity is the fraction of channels removed.", choices=lambda: list(PATTERNS), kind="pattern")
     nm: str = option("2:4", "N:M for --pattern 2:4: keep at most N of every M consecutive input channels.",
                      check=_nm_check)
     channel_sparsity: float | None = option(None, "Gem-Miner: first remove this fraction of the channels (a channel "
@@ -68,7 +68,7 @@ class MineConfig:
                                    cli=False)
     init: str | None = option(None, "Weight init (default: the method's reference: signed-constant for gem-miner and "
                               "edge-popup, else kaiming-normal).",
-                              choices=lambda: list(INITS))
+                              choices=lambda: list(INITS), kind="init")
     imp_lr: float | None = option(None, "IMP round learning rate (default 0.1).", check=optional(greater_than(0)),
                                   panel=_IMP)
     imp_momentum: float | None = option(None, "IMP round momentum (default: 0 for lenet300 as open_lth, else 0.9).",
@@ -76,7 +76,7 @@ class MineConfig:
     imp_weight_decay: float | None = option(None, "IMP round weight decay (default: 0 for lenet300, else 1e-4).",
                                             check=optional(at_least(0)), panel=_IMP)
     imp_schedule: str | None = option(None, "IMP round schedule; step is x0.1 at 50% and 75% (default: constant for "
-                                      "lenet300, else step).", choices=lambda: list(SCHEDULES),
+                                      "lenet300, else step).", choices=lambda: list(SCHEDULES), kind="IMP schedule",
                                       panel=_IMP)
     imp_rewind_iter: int | None = option(None, "IMP: rewind to the weights after this many training iterations "
                                          "(default: 0 for lenet300 as open_lth, else 1000 as the authors).",

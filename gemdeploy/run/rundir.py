@@ -250,7 +250,8 @@ class RunDir:
     def open(cls, path: str | Path) -> "RunDir":
         path = Path(path)
         if not path.is_dir():
-            raise GemdeployError(f"{path} is not a directory" if path.exists() else f"no run directory {path}")
+            why = "it is a file" if path.exists() else "it does not exist"
+            raise GemdeployError(f"{path} is not a gemdeploy run directory ({why})")
         if not (path / layout.CONFIG).is_file():
             raise GemdeployError(f"{path} is not a gemdeploy run directory (no {layout.CONFIG})")
         return cls(path)
@@ -288,6 +289,7 @@ class RunDir:
 
     def append_metrics(self, record: dict) -> None:
         if _is_main():
+            self.path.mkdir(parents=True, exist_ok=True)
             with open(self.path / layout.METRICS, "a") as f:
                 f.write(json.dumps(record, default=float) + "\n")
 

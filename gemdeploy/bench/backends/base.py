@@ -63,6 +63,7 @@ class Backend:
     name = ""
     device = "cpu"
     opt_in = False  # timed only when asked for by name (--backend)
+    needs = "artifact"  # what it runs, for "RUN has no <needs>" messages
 
     def unavailable(self) -> str | None:
         """Why this backend cannot run here (None when it can)."""

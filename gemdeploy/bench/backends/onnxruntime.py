@@ -48,6 +48,7 @@ class OrtRunner(Runner):
 
 class _Ort(Backend):
     provider = ""
+    needs = "ONNX export"
 
     def unavailable(self):
         have, why = providers()

@@ -64,6 +64,7 @@ class TensorRTRunner(Runner):
 
 class TensorRT(Backend):
     name, device = "tensorrt", "cuda"
+    needs = "TensorRT engine"
 
     def unavailable(self):
         from gemdeploy.exporters.tensorrt_build import cuda_status, tensorrt_status

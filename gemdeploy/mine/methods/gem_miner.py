@@ -113,6 +113,17 @@ class ScoredNetwork(_ScoresInUnitBox):
         for k, f in zip(self.names, self.flags()):
             f.copy_(new[k])
 
+    @torch.no_grad()
+    def freeze_layers(self, counts: dict[str, int], reverse: bool = False) -> None:
+        """Like `freeze_to`, with a count per layer instead of one pooled count (sanity's invert keeps every layer's
+        density of the original ticket)."""
+        for k, s, f in zip(self.names, self.scores, self.flags()):
+            allowed = self._nm_allowed(k, s, f)
+            eligible = f if allowed is None else f * allowed
+            score = (-s.abs() if reverse else s.abs())
+            new = global_topk({k: score}, counts[k], eligible={k: eligible}, min_per_layer=min(1, counts[k]))
+            f.copy_(new[k])
+
 
 class ChannelScoredNetwork(_ScoresInUnitBox):
     """Gem-Miner over channels: one score per channel of each coupled channel group; a channel's score masks
@@ -177,6 +188,14 @@ class ChannelScoredNetwork(_ScoresInUnitBox):
         new = global_topk(scores, keep, eligible=dict(zip(keys, self.flags())))
         for k, f in zip(keys, self.flags()):
             f.copy_(new[k])
+
+
+def layer_freeze_schedule(epochs: int, period: int, sizes: dict[str, int], targets: dict[str, int]) -> dict[int, dict]:
+    """`freeze_schedule` per layer: each layer goes geometrically from its size to its own target count."""
+    rounds = max(1, (epochs - 1) // period if period > 0 else 0)
+    at = [period * (j + 1) for j in range(rounds)] if (epochs - 1) // max(1, period) >= 1 else [epochs]
+    return {e: {k: max(targets[k], round(sizes[k] * (targets[k] / sizes[k]) ** ((j + 1) / len(at))))
+                for k in sizes} for j, e in enumerate(at)}
 
 
 def freeze_schedule(epochs: int, period: int, total: int, density: float) -> dict[int, int]:
@@ -250,9 +269,16 @@ class GemMiner(Method):
         schedule = freeze_schedule(cfg.epochs, cfg.freeze_period, total, density)
         lam = cfg.lam
         reverse = cfg.invert_freezing
+        per_layer = None
+        if ctx.layer_targets is not None and isinstance(scored, ScoredNetwork):
+            sizes = {k: s.numel() for k, s in zip(scored.names, scored.scores)}
+            per_layer = layer_freeze_schedule(cfg.epochs, cfg.freeze_period, sizes, ctx.layer_targets)
+            schedule = {e: sum(c.values()) for e, c in per_layer.items()}
 
         def end_of_epoch(done: int) -> None:
-            if done in schedule:
+            if per_layer is not None and done in per_layer:
+                scored.freeze_layers(per_layer[done], reverse=reverse)
+            elif done in schedule:
                 scored.freeze_to(schedule[done], reverse=reverse)
 
         result = run_phase(ctx, Phase(
