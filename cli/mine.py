@@ -64,10 +64,8 @@ def run_command(out: Path, cfg: MineConfig | None, *, resume: bool, overwrite: b
         run = RunDir.create(out, resume=True, overwrite=overwrite)
         cfg = MineConfig.from_json(run.read_json(layout.CONFIG), str(run / layout.CONFIG))
         check_resumable(cfg, dist.world_size())
-        cfg = cfg.resolve(dist.world_size())
-    else:
-        cfg = cfg.resolve(dist.world_size())
     prepared = prepare(cfg)  # bad data fails here, before the run directory is touched
+    cfg = cfg.resolve(dist.world_size(), train_size=len(prepared[1].train))
     if not resume:
         run = RunDir.create(out, overwrite=overwrite)
         dist.barrier()  # the other ranks start once rank 0 has made the directory

@@ -188,3 +188,70 @@ def test_sanity_bad_input_is_one_clean_line(lenet_run, tmp_path):
     (dense / "config.json").write_text(json.dumps({"method": "dense", "model": "lenet300", "data": "mnist5k"}))
     (dense / "model.json").write_text(json.dumps({"model": "lenet300", "input_shape": [1, 28, 28], "num_classes": 10}))
     assert_clean_error(cli("sanity", dense), "summary.json")
+
+
+def test_each_method_resolves_to_its_references_recipe():
+    lenet = MineConfig(model="lenet300", data="mnist5k", method="imp").resolve(train_size=3500)
+    assert lenet.init == "kaiming-normal"  # open_lth, not Gem-Miner's signed constant
+    assert (lenet.imp_lr, lenet.imp_momentum, lenet.imp_weight_decay, lenet.imp_schedule) == (0.1, 0.0, 0.0, "constant")
+    assert lenet.imp_rewind_iter == 0 and lenet.imp_prune_output is False  # open_lth: rewind to 0, fc unpruned
+    r20 = MineConfig(model="resnet20", data="cifar10", method="imp", epochs=160).resolve(train_size=50_000)
+    assert (r20.imp_lr, r20.imp_momentum, r20.imp_weight_decay, r20.imp_schedule) == (0.1, 0.9, 1e-4, "step")
+    assert r20.imp_rewind_iter == 1000 and r20.imp_prune_output is True  # the authors' resnet20.yml
+    short = MineConfig(model="resnet20", data="mnist5k", method="imp", epochs=5).resolve(train_size=3500)
+    assert short.imp_rewind_iter == round(1000 * 5 * 27 / 62_400)  # the same 1.6% of a shorter round
+    for method in ("imp-ft", "magnitude", "random", "snip", "grasp", "synflow", "smart-ratio", "dense"):
+        assert MineConfig(method=method).resolve().init == "kaiming-normal", method
+    for method in ("gem-miner", "edge-popup"):
+        assert MineConfig(method=method).resolve().init == "signed-constant", method
+    assert MineConfig(method="imp", init="signed-constant", imp_lr=0.05).resolve().imp_lr == 0.05  # flags override
+
+
+def _tensors(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_imp_ticket_trains_from_the_rewind_point_which_may_span_epochs(tmp_path):
+    out = tmp_path / "imp"
+    # 1,200 digits at batch 128: 9 iterations an epoch, so rewinding to iteration 50 spans six epochs.
+    cli("mine", "--model", "lenet300", "--data", "digits", "--method", "imp", "--sparsity", "0.5", "--epochs", "1",
+        "--finetune-epochs", "0", "--imp-rewind-iter", "50", "--quiet", "--out", out, check=True)
+    from gemdeploy.run.rundir import load_metadata
+
+    rewind_path = out / "imp-levels" / "rewind.safetensors"
+    assert load_metadata(rewind_path)["iterations"] == "50"
+    rewind, init = _tensors(rewind_path), _tensors(out / "init.safetensors")
+    assert not torch.equal(rewind["1.weight"], init["1.weight"])  # really trained for 50 iterations
+    mask, weights = Mask.load(out / "mask.safetensors"), _tensors(out / "weights.safetensors")
+    for k, m in mask.items():  # zero fine-tuning epochs: the ticket is exactly the rewind weights times the mask
+        assert torch.equal(weights[k], rewind[k] * m), k
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ticket_training"]["starts_from"] == "rewind point"
+    assert "lr 0.1" in summary["ticket_training"]["recipe"] and summary["init"] == "kaiming-normal"
+    assert summary["ticket_epochs"] == pytest.approx(summary["ticket"]["rounds"] * 1 + 50 / 9)
+
+
+def test_imp_ft_ticket_trains_from_the_last_rounds_weights(tmp_path):
+    out = tmp_path / "impft"
+    cli("mine", "--model", "lenet300", "--data", "digits", "--method", "imp-ft", "--sparsity", "0.5", "--epochs", "1",
+        "--finetune-epochs", "0", "--quiet", "--out", out, check=True)
+    levels = sorted((out / "imp-levels").glob("level-*.safetensors"))
+    last = {k[8:]: v for k, v in _tensors(levels[-1]).items() if k.startswith("trained.")}
+    mask, weights = Mask.load(out / "mask.safetensors"), _tensors(out / "weights.safetensors")
+    for k, m in mask.items():
+        assert torch.equal(weights[k], last[k] * m), k
+    assert json.loads((out / "summary.json").read_text())["ticket_training"]["starts_from"] == "last round"
+
+
+def test_imp_on_its_reference_recipe_stays_far_above_chance_at_extreme_sparsity(tmp_path):
+    out = tmp_path / "imp"
+    cli("mine", "--model", "lenet300", "--data", "mnist5k", "--method", "imp", "--sparsity", "0.986", "--epochs", "2",
+        "--finetune-epochs", "2", "--quiet", "--out", out, check=True)
+    summary = json.loads((out / "summary.json").read_text())
+    # 19 steps of 20% reach 1.44%; a partial 20th lands on 1.4%
+    assert summary["ticket"]["rounds"] == 20 and summary["ticket"]["unpruned_layers"] == ["7.weight"]
+    assert summary["test_acc"] > 0.7, summary["test_acc"]  # the handicapped IMP of 0.1 ended near 0.45
+    mask = Mask.load(out / "mask.safetensors")
+    assert min(int(m.count_nonzero()) for m in mask.values()) > 10  # no layer starved by the init's scale

@@ -9,7 +9,8 @@ IMP (iterative magnitude pruning with rewinding), 20% of the remaining weights p
     decay, no schedule), 40 epochs per round, rewind to iteration 0, the output layer never pruned;
   * every other model follows the authors' configs/imp/resnet20.yml (= open_lth's cifar_resnet_20): kaiming-normal,
     SGD lr 0.1, momentum 0.9, weight decay 1e-4, x0.1 at 50% and 75% of the round (epochs 80 and 120 of 160),
-    rewind to iteration 1000, every layer pruned (first and output included).
+    rewind to iteration 1000 of the 62,400 of a round (1.6%: the same fraction of a shorter round here, see
+    `ImpReference.rewind_for`), every layer pruned (first and output included).
   The ticket is trained from the rewind point with the round recipe (the reference's last level is one more
   round); IMP-FT (learning-rate rewinding) trains it from the last round's weights with the schedule rewound.
 
@@ -50,14 +51,24 @@ def finetune_recipe(cfg) -> Recipe:
 class ImpReference:
     source: str
     recipe: Recipe
-    rewind_iter: int
+    rewind_iter: int  # the reference's rewind point, in iterations of its own round
+    round_iterations: int  # the reference's round: epochs x iterations per epoch
     prune_output: bool
     epochs_per_round: int
 
+    def rewind_for(self, round_iterations: int) -> int:
+        """The reference's point in training applied to a round of ``round_iterations``: the same fraction of the
+        round (the authors' 1,000 of 62,400 ResNet-20 iterations = 1.6%), so a shorter round (a CPU budget, a
+        small data set) is not rewound to a point past most of its own training."""
+        if self.rewind_iter == 0:
+            return 0
+        return max(1, round(self.rewind_iter * round_iterations / self.round_iterations))
 
-OPEN_LTH_LENET = ImpReference("open_lth mnist_lenet_300_100", Recipe(0.1, 0.0, 0.0, "constant", ()), 0, False, 40)
+
+OPEN_LTH_LENET = ImpReference("open_lth mnist_lenet_300_100", Recipe(0.1, 0.0, 0.0, "constant", ()), 0,
+                              40 * 469, False, 40)
 AUTHORS_RESNET20 = ImpReference("pruning_is_enough configs/imp/resnet20.yml (open_lth cifar_resnet_20)",
-                                Recipe(0.1, 0.9, 1e-4, "step", IMP_MILESTONES), 1000, True, 160)
+                                Recipe(0.1, 0.9, 1e-4, "step", IMP_MILESTONES), 1000, 160 * 390, True, 160)  # full batches
 
 
 def imp_reference(model: str) -> ImpReference:

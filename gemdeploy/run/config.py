@@ -79,7 +79,8 @@ class MineConfig:
                                       "lenet300, else step).", choices=lambda: list(SCHEDULES), kind="IMP schedule",
                                       panel=_IMP)
     imp_rewind_iter: int | None = option(None, "IMP: rewind to the weights after this many training iterations "
-                                         "(default: 0 for lenet300 as open_lth, else 1000 as the authors).",
+                                         "(default: 0 for lenet300 as open_lth; else the authors' point, 1.6% of a "
+                                         "round: 1,000 of 62,400 iterations).",
                                          check=optional(at_least(0)), panel=_IMP)
     imp_prune_output: bool | None = option(None, "IMP: prune the output layer too (default: no for lenet300 as "
                                            "open_lth, yes otherwise).", panel=_IMP)
@@ -106,8 +107,9 @@ class MineConfig:
                                  "(Gem-Miner only); with --pattern channel, --sparsity is the channel fraction")
         return self
 
-    def resolve(self, world_size: int = 1) -> "MineConfig":
-        """The config that runs: reference defaults filled in for everything left at None."""
+    def resolve(self, world_size: int = 1, train_size: int | None = None) -> "MineConfig":
+        """The config that runs: reference defaults filled in for everything left at None. ``train_size`` (the
+        training split's length) places IMP's default rewind point; without it the rewind stays unresolved."""
         from gemdeploy.mine.recipes import imp_reference, paper_lambda
 
         self.validate()
@@ -125,7 +127,8 @@ class MineConfig:
             imp_momentum=ref.recipe.momentum if self.imp_momentum is None else self.imp_momentum,
             imp_weight_decay=ref.recipe.weight_decay if self.imp_weight_decay is None else self.imp_weight_decay,
             imp_schedule=self.imp_schedule or ref.recipe.schedule,
-            imp_rewind_iter=ref.rewind_iter if self.imp_rewind_iter is None else self.imp_rewind_iter,
+            imp_rewind_iter=(self.imp_rewind_iter if self.imp_rewind_iter is not None or train_size is None
+                             else ref.rewind_for(self.epochs * max(1, train_size // self.batch_size))),
             imp_prune_output=ref.prune_output if self.imp_prune_output is None else self.imp_prune_output,
             world_size=world_size,
         )

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from gemdeploy.errors import GemdeployError
 from gemdeploy.mine.context import RunContext
 from gemdeploy.mine.methods.base import Method, Ticket, TicketTraining
-from gemdeploy.mine.recipes import imp_recipe
+from gemdeploy.mine.recipes import imp_recipe, imp_reference
 from gemdeploy.run import layout
 from gemdeploy.run.rundir import load_metadata, load_tensors, read_object
 from gemdeploy.sparsity.masks import Mask, keep_count, prunable_weights
@@ -93,7 +93,7 @@ class IterativeMagnitude(Method):
         cfg, hw = ctx.config, ctx.hw
         t0 = time.perf_counter()
         model = ctx.fresh_model()
-        iters = cfg.imp_rewind_iter if self.rewind else 0
+        iters = self.rewind_iterations(ctx)
         if iters > 0:
             recipe = imp_recipe(cfg)
             optimizer = recipe.optimizer(model.parameters())
@@ -115,6 +115,15 @@ class IterativeMagnitude(Method):
         seconds = time.perf_counter() - t0
         run.save_tensors(layout.IMP_REWIND, state, metadata={"seconds": repr(seconds), "iterations": str(iters)})
         return state, seconds
+
+    def rewind_iterations(self, ctx: RunContext) -> int:
+        cfg = ctx.config
+        if not self.rewind:
+            return 0
+        if cfg.imp_rewind_iter is not None:
+            return cfg.imp_rewind_iter
+        per_epoch = max(1, len(ctx.data.train) // cfg.batch_size)
+        return imp_reference(cfg.model).rewind_for(cfg.epochs * per_epoch)
 
     # --- reuse ------------------------------------------------------------------------------------
     def _import_levels(self, ctx: RunContext, counts: list[int]) -> None:
@@ -188,9 +197,9 @@ class IterativeMagnitude(Method):
             levels.append(record)
             mask = self.prune(mask, trained, counts[n + 1], frozen)
         return Ticket(mask.cpu(), None, {
-            "mining_seconds": cumulative, "rounds": len(levels), "rewind_iterations": cfg.imp_rewind_iter if self.rewind else 0,
+            "mining_seconds": cumulative, "rounds": len(levels), "rewind_iterations": self.rewind_iterations(ctx),
             "rewind": self.rewind, "unpruned_layers": frozen, "round_recipe": recipe.describe(cfg.epochs),
-            "training_epochs": len(levels) * cfg.epochs + (cfg.imp_rewind_iter if self.rewind else 0)
+            "training_epochs": len(levels) * cfg.epochs + self.rewind_iterations(ctx)
             / max(1, len(ctx.data.train) // cfg.batch_size),
             "levels": [{k: r[k] for k in ("level", "density", "val_acc", "cumulative_time_s")} for r in levels]})
 
