@@ -3,11 +3,14 @@
     nice .venv/bin/python -m benchmarks.tickets              # the CPU suite -> benchmarks/results/, BENCHMARKS.md
     .venv/bin/python -m benchmarks.tickets --quick           # a smoke run in about a minute (nothing written to BENCHMARKS.md)
 
-Methods x models x densities x seeds, each a real `gemdeploy mine` run (in one process: the data are
-loaded once and no start-up is timed) with the same fine-tuning recipe. IMP is run once per seed down to
-the lowest density; the other densities reuse its levels with ``--imp-from`` (their time to ticket is still
-the cumulative training time of every round up to that ticket). Then ``gemdeploy sanity`` on the seed-0
-tickets of Gem-Miner, SNIP, GraSP and SynFlow at one density.
+Methods x models x densities x seeds, each a real `gemdeploy mine` run (in one process: the data are loaded
+once and no start-up is timed), every method on its reference's recipe (gemdeploy.mine.recipes): IMP and IMP-FT
+with their own init, round recipe and rewind point, their tickets trained with that recipe; every other ticket
+with the shared fine-tuning. IMP is run once per seed down to the lowest density; the other densities reuse its
+levels with ``--imp-from`` (their time to ticket is still the cumulative training time of every round up to that
+ticket). Then ``gemdeploy sanity`` on the seed-0 tickets of Gem-Miner, SNIP, GraSP and SynFlow at 1.44%.
+
+The budgets per model are in SUITE: what this 2-core CPU affords, stated next to every result.
 
 Writes ``tickets.json`` (every run and the mean/std over seeds), ``tickets-<model>-<data>.png`` (test accuracy
 against density, log x, one line per method, seed spread as error bars) and the "Tickets" section of
@@ -26,19 +29,25 @@ from pathlib import Path
 import torch
 import typer
 
-from benchmarks.report import machine, markdown_table, write_section
+from benchmarks.report import ROOT, machine, markdown_table, write_section
 from gemdeploy.run.config import MineConfig
 from gemdeploy.mine.pipeline import prepare, run_mine
 from gemdeploy.progress import Reporter
 from gemdeploy.run.rundir import RunDir
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SUITE_METHODS = "gem-miner,imp,random,snip,grasp,synflow,magnitude,smart-ratio,edge-popup"
-# model:data[:mining epochs[:fine-tuning epochs[:methods joined by +]]]; conv4 runs on the 8x8 digits because
-# a conv4 epoch on 28x28 mnist5k takes ~50 s on this CPU (IMP to 0.59% alone would take over 3 hours).
-SUITE_TARGETS = "lenet300:mnist5k:15:15,conv4:digits:4:8:gem-miner+imp+random+snip+grasp+synflow"
-DENSITIES = "0.2,0.05,0.0144,0.0059"
+SUITE_METHODS = ("gem-miner", "imp", "imp-ft", "synflow", "snip", "grasp", "random", "smart-ratio")
+ALL_DENSITIES = (0.2, 0.05, 0.0144, 0.0059)
+# Per model: data, mining epochs (Gem-Miner), epochs per IMP round, epochs training every ticket, densities, seeds.
+# lenet300 gets open_lth's own round (40 epochs); conv4 and resnet20 what the CPU affords (a 28x28 conv4 epoch
+# takes ~23 s on one core, a resnet20 epoch ~12 s); the paper's budget is the GPU benchmark's (benchmarks/gpu.py).
+SUITE = {
+    "lenet300": dict(data="mnist5k", epochs=40, imp_epochs=40, finetune_epochs=40, densities=ALL_DENSITIES, seeds=3),
+    "conv4": dict(data="mnist5k", epochs=6, imp_epochs=2, finetune_epochs=6, densities=ALL_DENSITIES, seeds=3),
+    "resnet20": dict(data="mnist5k", epochs=30, imp_epochs=5, finetune_epochs=30, densities=(0.0144,), seeds=1),
+}
 SANITY_METHODS = ("gem-miner", "snip", "grasp", "synflow")
+SANITY_MODELS = ("lenet300", "conv4")  # a resnet20 sanity pass would cost more CPU hours than its tickets
 CLAIM_BASELINES = ("random", "snip", "grasp", "synflow")
 
 
@@ -59,16 +68,6 @@ def one_run(cfg: MineConfig, out: Path, prepared) -> dict:
     return run_mine(cfg, RunDir.create(out), reporter=Reporter(enabled=False), prepared=prepared)
 
 
-def ticket_epochs(summary: dict) -> int:
-    """Training epochs spent finding the ticket (IMP: every round; pruning at init: none)."""
-    method, ticket = summary["method"], summary["ticket"]
-    if method in ("imp", "imp-ft"):
-        return ticket["rounds"] * summary["epochs"]
-    if method in ("gem-miner", "edge-popup"):
-        return summary["epochs"]
-    return 0
-
-
 def aggregate(runs: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
@@ -79,6 +78,7 @@ def aggregate(runs: list[dict]) -> list[dict]:
         val = [r["val_acc"] for r in rs]
         ttt = [r["time_to_ticket_s"] for r in rs]
         out.append({"model": model, "data": data, "method": method, "density": density, "seeds": len(rs),
+                    "init": rs[0]["init"], "trained_from": rs[0]["trained_from"], "recipe": rs[0]["recipe"],
                     "test_acc_mean": statistics.mean(acc), "test_acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                     "val_acc_mean": statistics.mean(val),
                     "time_to_ticket_s": statistics.mean(ttt), "total_time_s": statistics.mean(r["total_time_s"] for r in rs),
@@ -104,10 +104,11 @@ def claims(agg: list[dict], model: str, data: str, densities: list[float]) -> li
         out.append({"model": model, "density": d, "claim": "gem-miner above " + "/".join(beaten),
                     "holds": not worse and bool(beaten),
                     "detail": ", ".join(f"{b} {by[(b, d)]['test_acc_mean']:.2%}" for b in beaten)})
-        if abs(d - 0.0144) < 1e-9:
-            ratio = imp["time_to_ticket_s"] / max(gm["time_to_ticket_s"], 1e-9)
-            out.append({"model": model, "density": d, "claim": "time to ticket >= 10x shorter than imp",
-                        "holds": ratio >= 10, "detail": f"{imp['time_to_ticket_s']:.1f} s / {gm['time_to_ticket_s']:.1f} s = {ratio:.1f}x"})
+        ratio = imp["ticket_epochs"] / max(gm["ticket_epochs"], 1e-9)
+        wall = imp["time_to_ticket_s"] / max(gm["time_to_ticket_s"], 1e-9)
+        out.append({"model": model, "density": d, "claim": ">= 10x fewer ticket epochs than imp",
+                    "holds": ratio >= 10, "detail": f"{imp['ticket_epochs']:.0f} / {gm['ticket_epochs']:.0f} epochs = "
+                                                    f"{ratio:.1f}x (wall time {wall:.1f}x)"})
     return out
 
 
@@ -150,34 +151,41 @@ def _pool(jobs: int):
 
 
 def run_unit(unit) -> list[dict]:
-    """Every method and density of one (model, data, seed): IMP first, down to the lowest density, so the
-    other densities reuse its levels."""
-    model, data, epochs, finetune_epochs, method_list, dens, seed, runs, threads, report_only = unit
+    """Every method and density of one (model, seed): IMP first, down to the lowest density, so the other
+    densities reuse its levels."""
+    model, spec, method_list, seed, runs, threads, report_only = unit
     torch.set_num_threads(threads)
-    runs = Path(runs)
+    runs, data, dens = Path(runs), spec["data"], sorted(spec["densities"], reverse=True)
     started = time.perf_counter()
     prepared = prepare(MineConfig(model=model, data=data, device="cpu"))
     records = []
     for method in sorted(method_list, key=lambda m: m not in ("imp", "imp-ft")):
         deepest = None
-        for d in sorted(dens) if method in ("imp", "imp-ft") else dens:
-            cfg = MineConfig(model=model, data=data, method=method, sparsity=round(1 - d, 10), epochs=epochs,
-                             finetune_epochs=finetune_epochs, seed=seed, device="cpu",
+        imp = method in ("imp", "imp-ft")
+        for d in sorted(dens) if imp else dens:
+            cfg = MineConfig(model=model, data=data, method=method, sparsity=round(1 - d, 10),
+                             epochs=spec["imp_epochs"] if imp else spec["epochs"],
+                             finetune_epochs=spec["finetune_epochs"], seed=seed, device="cpu",
                              imp_from=str(deepest) if deepest is not None else None)
+            cfg = cfg.resolve(train_size=len(prepared[1].train))
             path = run_dir(runs, model, data, method, d, seed)
             if report_only and not (path / "summary.json").is_file():
                 continue
             t0 = time.perf_counter()
             s = one_run(cfg, path, prepared)
-            if (s["epochs"], s["finetune_epochs"]) != (epochs, finetune_epochs):
+            if (s["epochs"], s["finetune_epochs"]) != (cfg.epochs, cfg.finetune_epochs):
                 raise SystemExit(f"{path} was run with other epochs; use another --runs directory")
-            if method in ("imp", "imp-ft") and deepest is None:
+            if imp and deepest is None:
                 deepest = path
+            training = s.get("ticket_training") or {}
             records.append({"model": model, "data": data, "method": method, "density_target": d, "seed": seed,
                             "density": s["density"], "test_acc": s["test_acc"], "val_acc": s["val_acc"],
                             "time_to_ticket_s": s["time_to_ticket_s"], "total_time_s": s["total_time_s"],
                             "finetune_time_s": s["finetune_time_s"], "epochs": s["epochs"],
-                            "finetune_epochs": s["finetune_epochs"], "ticket_epochs": ticket_epochs(s), "run": str(path)})
+                            "finetune_epochs": s["finetune_epochs"], "ticket_epochs": s["ticket_epochs"],
+                            "init": s["init"], "trained_from": training.get("starts_from"),
+                            "recipe": training.get("recipe"), "run": str(path.relative_to(ROOT))
+                            if path.is_relative_to(ROOT) else path.name})
             print(f"[{time.perf_counter() - started:7.1f} s] {model}/{data} {method:11s} d={d:.4f} seed={seed} "
                   f"test={s['test_acc']:.4f} ttt={s['time_to_ticket_s']:.1f}s ({time.perf_counter() - t0:.1f}s)",
                   flush=True)
@@ -200,62 +208,61 @@ def run_sanity_unit(unit) -> dict | None:
 
 
 def main(
-    targets: str = typer.Option(SUITE_TARGETS, help="model:data[:epochs[:finetune-epochs[:m1+m2...]]], comma-separated."),
-    methods: str = typer.Option(SUITE_METHODS, help="Methods, comma-separated (imp-ft is available too)."),
-    densities: str = typer.Option(DENSITIES, help="Densities (fraction kept), comma-separated."),
-    seeds: int = typer.Option(3, help="Seeds 0..N-1 per (method, density)."),
-    epochs: int = typer.Option(20, help="Mining epochs (Gem-Miner, edge-popup) = training epochs per IMP round."),
-    finetune_epochs: int = typer.Option(20, help="Fine-tuning epochs, the same for every method."),
-    threads: int = typer.Option(1, help="torch threads (1 is fastest for these small models on a busy 2-core box)."),
+    models: str = typer.Option(",".join(SUITE), help="Models of SUITE to run, comma-separated."),
+    methods: str = typer.Option(",".join(SUITE_METHODS), help="Methods, comma-separated."),
+    seeds: int = typer.Option(0, help="Seeds 0..N-1 (0: each model's SUITE value)."),
+    threads: int = typer.Option(1, help="torch threads per worker (1 is fastest for these models on a busy 2-core box)."),
     runs: Path = typer.Option(RESULTS / "runs" / "tickets", help="Where the run directories go (kept; finished runs are skipped)."),
     out: Path = typer.Option(RESULTS, help="Where tickets.json and the plots go."),
-    sanity_density: float = typer.Option(0.0144, help="Density of the tickets the sanity checks run on (0 = none)."),
-    jobs: int = typer.Option(2, help="Worker processes (each runs whole (target, seed) units with --threads threads)."),
+    sanity: bool = typer.Option(True, help="Run `gemdeploy sanity` on the seed-0 tickets at 1.44%."),
+    jobs: int = typer.Option(2, help="Worker processes (each runs whole (model, seed) units)."),
     report_only: bool = typer.Option(False, "--report-only", help="Run nothing new: report the finished runs under --runs."),
-    quick: bool = typer.Option(False, "--quick", help="Smoke run: lenet300/digits, 2 methods + IMP, 2 densities, 2 epochs."),
+    quick: bool = typer.Option(False, "--quick", help="Smoke run: lenet300/mnist5k, 3 methods, 2 densities, 2 epochs."),
     markdown: bool = typer.Option(True, help="Write the Tickets section of BENCHMARKS.md."),
 ) -> None:
     torch.set_num_threads(threads)
-    if quick:
-        targets, methods, densities, seeds, epochs, finetune_epochs = "lenet300:digits", "gem-miner,imp,snip", "0.05,0.0144", 2, 2, 2
-        runs, out, markdown, sanity_density = runs.parent / "tickets-quick", out / "quick", False, 0.0144
+    suite = {m: dict(SUITE[m]) for m in models.split(",") if m}
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
-    dens = sorted(_floats(densities), reverse=True)
+    if quick:
+        suite = {"lenet300": dict(data="mnist5k", epochs=2, imp_epochs=2, finetune_epochs=2, densities=(0.05, 0.0144),
+                                  seeds=2)}
+        method_list = ["gem-miner", "imp", "snip"]
+        runs, out, markdown = runs.parent / "tickets-quick", out / "quick", False
+    for spec in suite.values():
+        spec["seeds"] = seeds or spec["seeds"]
     started = time.perf_counter()
-    units = []
-    for target in targets.split(","):
-        parts = target.split(":")
-        e = int(parts[2]) if len(parts) > 2 else epochs
-        f = int(parts[3]) if len(parts) > 3 else finetune_epochs
-        ms = parts[4].split("+") if len(parts) > 4 else method_list
-        units += [(parts[0], parts[1], e, f, ms, dens, seed, str(runs), threads, report_only) for seed in range(seeds)]
-    records, sanity = [], []
+    units = [(model, spec, method_list, seed, str(runs), threads, report_only)
+             for model, spec in suite.items() for seed in range(spec["seeds"])]
+    units.sort(key=lambda u: u[3])  # seed 0 of every model first: a cut-off suite still covers every model
+    records, sanity_rows = [], []
     with _pool(jobs) as pool:
         for recs in pool.map(run_unit, units):
             records += recs
-        sanity_units = [(model, data, m, sanity_density, str(runs), threads, report_only)
-                        for model, data, _, _, ms, _, seed, _, _, _ in units if seed == 0 and sanity_density > 0
-                        for m in SANITY_METHODS if m in ms]
+        sanity_units = [(model, spec["data"], m, 0.0144, str(runs), threads, report_only)
+                        for model, spec in suite.items() if sanity and 0.0144 in spec["densities"]
+                        and (model in SANITY_MODELS or quick)
+                        for m in SANITY_METHODS if m in method_list]
         for rec in pool.map(run_sanity_unit, sanity_units):
             if rec is not None:
-                sanity.append(rec)
+                sanity_rows.append(rec)
     wall = time.perf_counter() - started
     if report_only and records:  # the suite's wall time, from its run directories' timestamps
-        paths = [Path(r["run"]) for r in records]
+        paths = [ROOT / r["run"] for r in records]
         wall = max((p / "summary.json").stat().st_mtime for p in paths) - min((p / "config.json").stat().st_mtime for p in paths)
     agg = aggregate(records)
-    pairs = [tuple(t.split(":")[:2]) for t in targets.split(",")]
-    checks = [c for model, data in pairs for c in claims(agg, model, data, [d for d in dens if d <= 0.0144 + 1e-9])]
+    pairs = [(model, spec["data"]) for model, spec in suite.items()]
+    checks = [c for model, data in pairs for c in claims(agg, model, data, [0.0144, 0.0059])]
     out.mkdir(parents=True, exist_ok=True)
     plots = []
     for model, data in pairs:
         p = out / f"tickets-{model}-{data}.png"
         plot(agg, model, data, p)
-        plots.append(p)
-    settings = {"targets": targets, "jobs": jobs, "report_only": report_only, "methods": method_list, "densities": dens, "seeds": seeds, "epochs": epochs,
-                "finetune_epochs": finetune_epochs, "threads": threads, "quick": quick}
+        if p.is_file():
+            plots.append(p)
+    settings = {"suite": {m: {**spec, "densities": list(spec["densities"])} for m, spec in suite.items()},
+                "methods": method_list, "jobs": jobs, "threads": threads, "report_only": report_only, "quick": quick}
     result = {"settings": settings, "machine": machine(), "suite_wall_s": wall, "runs": records, "aggregate": agg,
-              "claims": checks, "sanity": sanity}
+              "claims": checks, "sanity": sanity_rows}
     (out / "tickets.json").write_text(json.dumps(result, indent=2))
     print(f"suite wall time {wall:.0f} s; wrote {out / 'tickets.json'} and {', '.join(map(str, plots))}")
     for c in checks:
@@ -265,36 +272,61 @@ def main(
 
 
 def render(result: dict, plots: list[Path]) -> str:
+    from gemdeploy.mine.recipes import AUTHORS_RESNET20, OPEN_LTH_LENET
+
     s = result["settings"]
-    lines = ["## Tickets: Gem-Miner against IMP and pruning at initialization", "",
-             "Command: `nice .venv/bin/python -m benchmarks.tickets`  ",
-             f"Machine: {result['machine']}; torch threads: {s['threads']}; shared with other jobs (load average "
-             "well above the core count during the run, so wall times are inflated; every method shares the same conditions)  ",
-             f"Targets (model:data:mining epochs:fine-tuning epochs:methods): `{s['targets']}`. Mining epochs are Gem-Miner's "
-             "and edge-popup's epochs and the training epochs of every IMP round; fine-tuning is the same for every method "
-             f"(SGD 0.01, momentum 0.9, wd 1e-4, x0.1 at 53%/80%); batch 128; seeds 0..{s['seeds'] - 1}; "
-             f"{s['jobs']} worker processes x {s['threads']} thread. Suite wall time: **{result['suite_wall_s'] / 60:.1f} min**.", "",
-             "Test accuracy is the mean ± standard deviation over seeds; time to ticket is the mean wall time spent finding "
-             "the mask (IMP: all rounds up to the ticket, rewind phase included); epochs are the training epochs spent "
-             "finding the ticket (fine-tuning excluded).", ""]
+    budget_rows = [[m, spec["data"], spec["epochs"], spec["imp_epochs"], spec["finetune_epochs"],
+                    ", ".join(f"{d:.2%}" for d in spec["densities"]), spec["seeds"]] for m, spec in s["suite"].items()]
+    lines = ["## Tickets: Gem-Miner against IMP and pruning at initialization, every baseline on its reference's recipe",
+             "", "Command: `nice .venv/bin/python -m benchmarks.tickets` (finished runs are reused; "
+             "`--report-only` re-renders)  ",
+             f"Machine: {result['machine']}; {s['jobs']} worker processes x {s['threads']} torch thread; the machine was "
+             "shared with development work while it ran, so wall times are inflated (every method alike).  ",
+             f"Suite wall time: **{result['suite_wall_s'] / 3600:.1f} h**.", "",
+             "Budgets (epochs; batch 128; validation picks nothing here, the test split is only reported):", "",
+             markdown_table(["model", "data", "Gem-Miner mining", "IMP epochs per round", "ticket training",
+                             "densities", "seeds"], budget_rows), "",
+             "Recipes (read from each reference's code, gemdeploy/mine/recipes.py):", "",
+             "- **Gem-Miner**: signed-constant init, non-affine BatchNorm, scores U[0,1], SGD lr 0.1 cosine, lambda by "
+             "density (1e-4 at <= 1.5%), freezing every 5/150 of the epochs; ticket fine-tuned from init: SGD lr 0.01, "
+             "momentum 0.9, wd 1e-4, x0.1 at 53%/80%.",
+             f"- **IMP** (weight rewinding) and **IMP-FT** (learning-rate rewinding), 20% of the remaining weights per "
+             f"round, global magnitude, kaiming-normal init: lenet300 on {OPEN_LTH_LENET.source} (plain SGD lr 0.1, no "
+             "momentum/decay/schedule, rewind to iteration 0, output layer unpruned); conv4 and resnet20 on "
+             f"{AUTHORS_RESNET20.source} (SGD lr 0.1, momentum 0.9, wd 1e-4, x0.1 at 50%/75% of the round, rewind to "
+             "1.6% of the round = the authors' 1,000 of 62,400 iterations, every layer pruned). IMP's ticket is trained "
+             "from the rewind point with the round recipe; IMP-FT's from the last round's weights, schedule rewound.",
+             "- **SNIP, GraSP, SynFlow** as Synaptic-Flow scores them (kaiming-normal, eval mode, 10 examples per class; "
+             "SynFlow 100 data-free iterations, exponential schedule); **random** (uniform per layer) and "
+             "**Smart-Ratio**: kaiming-normal. Their tickets get the shared fine-tuning above.",
+             "- Every model has non-affine BatchNorm (exact channel compaction needs it; open_lth's LeNet has none).", "",
+             "Test accuracy: mean ± standard deviation over seeds. Time to ticket: mean wall time finding the mask "
+             "(IMP: every round up to the ticket, the rewind point included). Ticket epochs: training epochs spent "
+             "finding the ticket (IMP: rounds x epochs + the rewind iterations; pruning at init: 0).", ""]
     for model, data in sorted({(a["model"], a["data"]) for a in result["aggregate"]}):
         rows = []
         for a in result["aggregate"]:
             if (a["model"], a["data"]) != (model, data):
                 continue
-            rows.append([a["method"], f"{a['density']:.2%}", a["seeds"], f"{a['test_acc_mean']:.2%} ± {a['test_acc_std']:.2%}",
-                         f"{a['time_to_ticket_s']:.1f} s", f"{a['total_time_s']:.1f} s", a["ticket_epochs"]])
+            rows.append([a["method"], f"{a['density']:.2%}", a["seeds"],
+                         f"{a['test_acc_mean']:.2%} ± {a['test_acc_std']:.2%}", f"{a['time_to_ticket_s']:.1f} s",
+                         f"{a['ticket_epochs']:.0f}", f"{a['init']}; from {a['trained_from']}, {a['recipe']}"])
         rows.sort(key=lambda r: (-float(r[1].rstrip("%")), r[0]))
+        plot = [p for p in plots if f"{model}-{data}" in p.name]
         lines += [f"### {model} / {data}", "",
-                  markdown_table(["method", "density", "seeds", "test acc", "time to ticket", "total time", "ticket epochs"], rows),
-                  "", f"![{model} {data}](benchmarks/results/{[p for p in plots if f'{model}-{data}' in p.name][0].name})", ""]
+                  markdown_table(["method", "density", "seeds", "test acc", "time to ticket", "ticket epochs",
+                                  "init; ticket trained"], rows), ""]
+        if plot:
+            lines += [f"![{model} {data}](benchmarks/results/{plot[0].name})", ""]
     if result["claims"]:
         lines += ["### Targets", "", markdown_table(["model", "density", "target", "met", "measured"],
                                                     [[c["model"], f"{c['density']:.2%}", c["claim"], "yes" if c["holds"] else "**no**",
                                                       c["detail"]] for c in result["claims"]]), ""]
     if result["sanity"]:
         cols = ["shuffle", "reinit", "invert"]
-        lines += ["### Sanity checks (`gemdeploy sanity`, seed 0)", "",
+        lines += ["### Sanity checks (`gemdeploy sanity`, seed 0, 1.44%)", "",
+                  "Each check trained exactly as the method trains its ticket. invert: Gem-Miner re-mined with the "
+                  "freezing order reversed (layer densities kept); SNIP/GraSP/SynFlow the lowest scores per layer.", "",
                   markdown_table(["model", "method", "density", "ticket"] + cols,
                                  [[r["model"], r["method"], f"{r['density']:.2%}", f"{r['original']:.2%}"]
                                   + [f"{r[c]:.2%}" if c in r else "n/a" for c in cols] for r in result["sanity"]]), ""]
