@@ -30,11 +30,12 @@ _TAIL = [
 @friendly_errors
 def _export(run: Path, **values) -> None:
     """Export a run's ticket to verified ONNX (fp32/fp16/INT8) and, with --trt, TensorRT engines."""
+    opts = from_cli(ExportOptions, values).resolve()  # bad options fail before anything heavy is imported
+
     from rich.console import Console
 
     from gemdeploy.exporters.pipeline import export_run
 
-    opts = from_cli(ExportOptions, values).resolve()  # bad options fail before anything is imported or read
     console = Console()
     quiet = values["quiet"] or values["json_out"]
     log = (lambda s: None) if quiet else (lambda s: console.print(f"[dim]{s}[/dim]"))

@@ -32,12 +32,14 @@ _OWN = [
 @friendly_errors
 def _mine(**values) -> None:
     """Mine a lottery ticket at initialization, train it and write a run directory."""
-    from gemdeploy.train import distributed as dist
+    import os
 
     out, resume, overwrite = values["out"], values["resume"], values["overwrite"]
-    if values["nproc_per_node"] > 1 and not dist.launched_by_torchrun():
+    cfg = None if resume else from_cli(MineConfig, values).validate()  # bad values fail before torch is imported
+    if values["nproc_per_node"] > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return launch_torchrun(values["nproc_per_node"])
-    cfg = None if resume else from_cli(MineConfig, values).validate()
+    from gemdeploy.train import distributed as dist
+
     dist.setup_from_env(values["device"])
     if not resume and dist.is_main():
         from gemdeploy.run.rundir import RunDir

@@ -1,3 +1,3 @@
 """gemdeploy: lottery tickets at initialization (Gem-Miner), compacted and shipped as fast engines."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
