@@ -1,6 +1,6 @@
 """TensorRT's 2:4 structured sparsity layout, in PyTorch and in ONNX files.
 
-The layout (DESIGN.md section 5): for a conv weight [K, C, R, S], every 4 consecutive input channels of
+The layout (docs/design.md, section 3): for a conv weight [K, C, R, S], every 4 consecutive input channels of
 each output channel and kernel position hold at least 2 zeros; for a Linear (ONNX Gemm with transB=1,
 weight [out, in]) along in_features; for a MatMul weight [in, out] along axis 0. ``onnx_24_report``
 walks the graph the way NVIDIA's ``polygraphy inspect sparsity`` does (same eligible tensors and axes)

@@ -1,6 +1,6 @@
 """TensorRT engines from the typed ONNX, through the TensorRT Python API (10.x and 11.x).
 
-Precision lives in the ONNX (DESIGN.md section 5): fp16 tensors or INT8 Q/DQ, parsed into a *strongly
+Precision lives in the ONNX (docs/design.md, section 3): fp16 tensors or INT8 Q/DQ, parsed into a *strongly
 typed* network, so no FP16/INT8 builder flags and no implicit calibrator (deprecated in TensorRT 10,
 removed in 11). SPARSE_WEIGHTS lets TensorRT pick sparse tensor-core tactics for 2:4 layers; the engine
 inspector (detailed profiling verbosity) tells which layers did. Attributes that moved between

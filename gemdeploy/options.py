@@ -100,13 +100,42 @@ def finite() -> Check:
 
 
 # --- validation ------------------------------------------------------------------------------------------
+def _type_problem(value: Any, tp: Any) -> str | None:
+    """What is wrong with ``value``'s type for the annotation ``tp`` (a config file may hold anything)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        problems = [_type_problem(value, a) for a in args]
+        return None if any(p is None for p in problems) else next(p for p in problems if p)
+    if tp is type(None):
+        return None if value is None else "must be empty (null)"
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return "must be a list"
+        inner = args[0] if args else Any
+        return next((p for p in (_type_problem(v, inner) for v in value) if p), None)
+    if tp is bool:
+        return None if isinstance(value, bool) else "must be true or false"
+    if tp is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
+    if tp is float:
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "must be a number"
+    if tp is str:
+        return None if isinstance(value, str) else "must be a string"
+    return None
+
+
 def validate(obj: Any) -> None:
-    """Check every declared field of the dataclass ``obj``; one GemdeployError line for the first bad one."""
+    """Check every declared field of the dataclass ``obj`` (type, choices, range); one GemdeployError line for the
+    first bad one."""
+    hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         spec = spec_of(f)
         if spec is None:
             continue
         value = getattr(obj, f.name)
+        problem = _type_problem(value, hints[f.name])
+        if problem:
+            raise GemdeployError(f"{flag_name(f)} {problem}, got {value!r}")
         if spec.choices is not None and value is not None:
             allowed = spec.choices()
             for v in value if isinstance(value, (list, tuple)) else [value]:

@@ -58,6 +58,7 @@ def test_mask_has_the_density_and_keeps_every_layer_alive(tmp_path, method, mode
             assert abs(d - (1 - EXTREME)) * mask[name].numel() <= 1.0, (name, d)
 
 
+@pytest.mark.slow
 def test_imp_levels_follow_powers_of_0_8_and_reuse_is_exact(tmp_path):
     assert level_counts(1000, 0.5) == [1000, 800, 640, 512, 500]
     total = 100_000
@@ -112,6 +113,7 @@ class ForbiddenSplit:
         return self
 
 
+@pytest.mark.slow
 def test_synflow_needs_no_data(tmp_path):
     real = load_data("mnist5k")
     no_data = DataBundle("no-data", real.input_shape, real.num_classes, ForbiddenSplit(), ForbiddenSplit(),
@@ -143,6 +145,7 @@ def test_sanity_transforms_preserve_each_layer_density(tmp_path):
             assert scores[k][inverted[k] > 0].max() <= scores[k][m > 0].min()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["random", "magnitude", "snip", "grasp", "synflow", "edge-popup", "smart-ratio",
                                     "imp-ft"])
 def test_every_method_through_the_cli_on_mnist(tmp_path, method):
@@ -158,6 +161,7 @@ def test_every_method_through_the_cli_on_mnist(tmp_path, method):
     assert (out / "scores.safetensors").is_file() == METHODS.get(method).has_scores
 
 
+@pytest.mark.slow
 def test_sanity_through_the_cli(lenet_run, tmp_path):
     run = tmp_path / "ticket"
     shutil.copytree(lenet_run, run)
@@ -245,6 +249,7 @@ def test_imp_ft_ticket_trains_from_the_last_rounds_weights(tmp_path):
     assert json.loads((out / "summary.json").read_text())["ticket_training"]["starts_from"] == "last round"
 
 
+@pytest.mark.slow
 def test_imp_on_its_reference_recipe_stays_far_above_chance_at_extreme_sparsity(tmp_path):
     out = tmp_path / "imp"
     cli("mine", "--model", "lenet300", "--data", "mnist5k", "--method", "imp", "--sparsity", "0.986", "--epochs", "2",

@@ -20,6 +20,7 @@ def runs(tmp_path_factory):
     return gm, dense
 
 
+@pytest.mark.slow
 def test_bench_reports_every_run_backend_and_batch(runs, tmp_path):
     gm, dense = runs
     out = tmp_path / "report"
@@ -62,6 +63,7 @@ def test_bench_reports_every_run_backend_and_batch(runs, tmp_path):
     assert json.loads((out / "bench.json").read_text())["rows"] == result["rows"]
 
 
+@pytest.mark.slow
 def test_bench_refuses_runs_of_different_data(runs, tmp_path):
     gm, _ = runs
     other = tmp_path / "mnist"

@@ -29,6 +29,7 @@ def test_mine_end_to_end_on_mnist(lenet_run):
     assert phases == ["mine"] * 3 + ["finetune"] * 2
 
 
+@pytest.mark.slow
 def test_dense_method_trains_the_unpruned_model(tmp_path):
     out = tmp_path / "dense"
     cli("mine", "--model", "lenet300", "--method", "dense", "--out", out, *QUICK, check=True)
@@ -37,6 +38,7 @@ def test_dense_method_trains_the_unpruned_model(tmp_path):
     assert summary["test_acc"] > 0.8
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt_gives_the_same_mask(tmp_path):
     args = ["mine", "--model", "lenet300", "--sparsity", "0.95", "--epochs", "15", "--finetune-epochs", "2",
             "--data", "digits", "--quiet"]
@@ -93,6 +95,7 @@ def test_existing_run_directory_is_never_overwritten_by_default(tmp_path):
     assert (out / "precious.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_on_resume_is_reported(tmp_path):
     out = tmp_path / "run"
     proc = interrupt_when(["mine", "--model", "lenet300", "--out", out, "--data", "digits", "--epochs", "40",
@@ -118,6 +121,7 @@ def test_overwrite_never_deletes_a_folder_gemdeploy_did_not_create(tmp_path):
     assert (out / "config.json").read_text() == '{"editor": "vim"}' and (out / "precious.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_overwrite_of_a_run_removes_only_what_gemdeploy_wrote(tmp_path):
     out = tmp_path / "run"
     cli("mine", "--out", out, "--model", "lenet300", "--sparsity", "0.9", *QUICK, check=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import hashlib
 import json
 import shutil
@@ -19,6 +20,7 @@ def _digest(path):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir()) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_mine_2_4_gives_an_exact_2_4_ticket_along_input_channels(tmp_path):
     out = tmp_path / "conv4-24"
     cli("mine", "--model", "conv4", "--data", "digits", "--sparsity", "0.8", "--pattern", "2:4", "--out", out,
@@ -35,6 +37,7 @@ def test_mine_2_4_gives_an_exact_2_4_ticket_along_input_channels(tmp_path):
     assert summary["pattern"] == "2:4" and abs(summary["sparsity"] - 0.8) < 0.01
 
 
+@pytest.mark.slow
 def test_mine_channel_pattern_gives_a_thinner_network(tmp_path):
     out = tmp_path / "lenet-ch"
     cli("mine", "--model", "lenet300", "--data", "mnist5k", "--sparsity", "0.75", "--pattern", "channel",
@@ -49,6 +52,7 @@ def test_mine_channel_pattern_gives_a_thinner_network(tmp_path):
     assert record["after"]["macs"] < 0.5 * record["before"]["macs"]
 
 
+@pytest.mark.slow
 def test_compact_projects_a_run_to_2_4_into_a_new_directory(lenet_run, tmp_path):
     before = _digest(lenet_run)
     out = tmp_path / "lenet-24"
@@ -83,6 +87,7 @@ def test_compact_errors_are_one_line(lenet_run, tmp_path):
                                "--out", tmp_path / "bad"), "--nm")
 
 
+@pytest.mark.slow
 def test_channel_sparsity_combines_a_channel_ticket_with_unstructured_sparsity(tmp_path):
     out = tmp_path / "lenet-ch-un"
     cli("mine", "--model", "lenet300", "--data", "mnist5k", "--sparsity", "0.95", "--channel-sparsity", "0.5",

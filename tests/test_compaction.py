@@ -172,6 +172,7 @@ def _copy_minimal(src, dst):
     return dst
 
 
+@pytest.mark.slow
 def test_mine_compacts_and_the_run_reloads_from_its_directory_alone(conv_run, tmp_path):
     art = RunArtifacts.open(conv_run)
     record = art.run.read_json("compact.json")

@@ -1,5 +1,6 @@
 """Data-parallel mining: a real 2-process Gloo run through the CLI, and the rank-agreement guard."""
 
+import pytest
 import json
 import os
 import socket
@@ -14,6 +15,7 @@ from gemdeploy.errors import GemdeployError
 from gemdeploy.sparsity.masks import Mask
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_writes_one_run_directory(tmp_path):
     out = tmp_path / "ddp"
     run_cli("mine", "--model", "lenet300", "--data", "mnist5k", "--sparsity", "0.95", "--epochs", "2",
@@ -63,10 +65,12 @@ def _run_agreement(tamper: bool) -> dict:
         return dict(results)
 
 
+@pytest.mark.slow
 def test_agreement_check_passes_on_identical_masks():
     assert _run_agreement(tamper=False) == {0: "ok", 1: "ok"}
 
 
+@pytest.mark.slow
 def test_agreement_check_stops_every_rank_when_one_mask_is_tampered():
     results = _run_agreement(tamper=True)
     for rank in (0, 1):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import json
 
 import onnxruntime
@@ -32,6 +33,7 @@ def test_doctor_json_describes_this_machine():
         assert info["commands"]["export --trt"]["available"] is False
 
 
+@pytest.mark.slow
 def test_doctor_table_for_people():
     proc = run_cli("doctor")
     assert proc.returncode == 0, proc.stderr

@@ -35,6 +35,7 @@ def _tiny(name: str) -> torch.nn.Module:
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS.names())
 def test_every_registered_model_exports_and_verifies(name, tmp_path):
     model = _tiny(name)
@@ -113,6 +114,7 @@ def _small_convnet() -> torch.nn.Module:
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_24_layout_survives_export_per_polygraphy(precision, tmp_path):
     model = _small_convnet()
@@ -131,6 +133,7 @@ def test_24_layout_survives_export_per_polygraphy(precision, tmp_path):
     assert sparse == set(ours)
 
 
+@pytest.mark.slow
 def test_24_run_from_the_cli_exports_in_tensorrt_layout(tmp_path):
     """A real `mine --pattern 2:4` ticket: NVIDIA's checker reports every eligible tensor of the export sparse."""
     run = tmp_path / "l24"
@@ -195,6 +198,7 @@ def exported(lenet_run, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_cli_export_writes_verified_artifacts(exported):
     out = exported / "export"
     record = json.loads((out / "export.json").read_text())
@@ -235,6 +239,7 @@ def test_int8_is_symmetric_qdq_and_accurate(exported):
     assert side["calibration"]["samples"] == 256 and side["calibration"]["method"] == "entropy"
 
 
+@pytest.mark.slow
 def test_second_export_reuses_the_calibration_cache(exported):
     out = exported / "export"
     first = json.loads((out / "model.int8.json").read_text())["calibration"]
@@ -250,6 +255,7 @@ def test_second_export_reuses_the_calibration_cache(exported):
     assert cache.stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_reexport_keeps_current_files_and_refuses_files_from_other_weights(exported):
     out = exported / "export"
     before = {n: ((out / n).read_bytes(), (out / n).stat().st_mtime_ns) for n in ("model.fp32.onnx", "model.int8.onnx")}
@@ -267,6 +273,7 @@ def test_reexport_keeps_current_files_and_refuses_files_from_other_weights(expor
     (out / "model.int8.json").write_text(json.dumps(side))
 
 
+@pytest.mark.slow
 def test_a_precision_is_added_next_to_the_verified_files(lenet_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(lenet_run, run, ignore=shutil.ignore_patterns("export"))
@@ -279,6 +286,7 @@ def test_a_precision_is_added_next_to_the_verified_files(lenet_run, tmp_path):
     assert record["accuracy"]["fp16"] is not None
 
 
+@pytest.mark.slow
 def test_an_export_killed_between_its_renames_is_redone_by_a_plain_rerun(lenet_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(lenet_run, run, ignore=shutil.ignore_patterns("export"))
@@ -293,6 +301,7 @@ def test_an_export_killed_between_its_renames_is_redone_by_a_plain_rerun(lenet_r
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(tensorrt_status()["available"] and cuda_status()["available"],
                     reason="TensorRT and a GPU are present: the build test covers --trt")
 def test_export_trt_without_tensorrt_names_what_is_missing_and_keeps_onnx(lenet_run, tmp_path):

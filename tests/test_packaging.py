@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,8 +21,12 @@ SOURCE_TREES = {"gemdeploy": REPO / "gemdeploy", "gemdeploy/cli": REPO / "cli",
 def installed(tmp_path_factory) -> Path:
     """gemdeploy built as a wheel and installed, not editable, into a scratch folder."""
     tmp = tmp_path_factory.mktemp("wheel")
+    # Build from a clean copy: an in-tree build/ left by an earlier build could smuggle stale modules into the wheel.
+    src = tmp / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
+                                                              "runs", "results", ".pytest_cache"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp),
-                    str(REPO)], check=True, capture_output=True, timeout=600)
+                    str(src)], check=True, capture_output=True, timeout=600)
     wheel = next(tmp.glob("gemdeploy-*.whl"))
     target = tmp / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],

@@ -22,9 +22,25 @@ from torch import nn
 
 from gemdeploy.sparsity.nm import satisfies_nm
 
-# Parameter-free ops (autograd names) that map an all-zero channel to an all-zero channel and never mix channels.
-ZERO_PRESERVING_OPS = ("Relu", "Hardtanh", "Add", "Mean", "MaxPool", "AvgPool", "View", "Reshape", "Flatten",
-                       "TBackward", "Cat", "Split", "Unbind", "Squeeze", "Permute", "Clone", "Contiguous")
+# Torch-Pruning's structural ops only move channels around: an all-zero channel stays all zero.
+STRUCTURAL = {tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.RESHAPE, tp.ops.OPTYPE.UNBIND,
+              tp.ops.OPTYPE.SLICE, tp.ops.OPTYPE.EXPAND}
+# Element-wise ops (by their autograd function) that map an all-zero channel to an all-zero channel and never mix
+# channels; anything else (a sigmoid maps 0 to 0.5) keeps its group out of compaction.
+ZERO_PRESERVING_GRAD_FNS = ("Relu", "Hardtanh", "Add", "Mean", "MaxPool", "AvgPool", "View", "Reshape", "Flatten",
+                            "TBackward", "Squeeze", "Permute", "Clone", "Contiguous")
+
+
+def _zero_preserving(op) -> bool:
+    """Whether a parameter-free Torch-Pruning op node maps a zero channel to a zero channel."""
+    kind = tp.ops.module2type(op)
+    if kind in STRUCTURAL:
+        return True
+    if kind == tp.ops.OPTYPE.ELEMENTWISE:
+        grad_fn = getattr(op, "_grad_fn", None)  # Torch-Pruning keeps the autograd function's name (a str)
+        name = grad_fn if isinstance(grad_fn, str) else type(grad_fn).__name__
+        return name.startswith(ZERO_PRESERVING_GRAD_FNS)
+    return False
 
 
 def build_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
@@ -45,8 +61,9 @@ class ChannelGroup:
     group: object  # the Torch-Pruning group (full indices)
 
 
-def _is_out(handler) -> bool:
-    return "out_channels" in getattr(handler, "__name__", "")
+def _is_out(group, item) -> bool:
+    """Whether a group member's dependency prunes its target's output channels (Torch-Pruning's own predicate)."""
+    return group._DG.is_out_channel_pruning_fn(item.dep.handler)
 
 
 def _output_modules(graph: tp.DependencyGraph) -> set:
@@ -61,15 +78,15 @@ def channel_groups(model: nn.Module, graph: tp.DependencyGraph) -> list[ChannelG
     for group in graph.get_all_groups():
         members = [it.dep.target.module for it in group.items]
         # The network's output channels stay (a final layer that only *reads* the group is fine).
-        if any(it.dep.target.module in outputs and _is_out(it.dep.handler) for it in group.items):
+        if any(it.dep.target.module in outputs and _is_out(group, it) for it in group.items):
             continue
-        if any(m not in names and not any(op in str(m) for op in ZERO_PRESERVING_OPS) for m in members):
+        if any(m not in names and not _zero_preserving(m) for m in members):
             continue
         size = len(group.items[0].idxs)
         producers = []
         for it in group.items:
             mod = it.dep.target.module
-            if isinstance(mod, (nn.Conv2d, nn.Linear)) and _is_out(it.dep.handler):
+            if isinstance(mod, (nn.Conv2d, nn.Linear)) and _is_out(group, it):
                 rows = torch.full((size,), -1, dtype=torch.long)
                 rows[torch.as_tensor(it.root_idxs)] = torch.as_tensor(list(it.idxs))
                 producers.append((f"{names[mod]}.weight", rows))
@@ -91,7 +108,7 @@ def removable_channels(cg: ChannelGroup) -> torch.Tensor:
     unread = torch.ones(cg.size, dtype=torch.bool)
     for it in cg.group.items:
         mod, idxs = it.dep.target.module, torch.as_tensor(list(it.idxs), dtype=torch.long)
-        out = _is_out(it.dep.handler)
+        out = _is_out(cg.group, it)
         if isinstance(mod, (nn.Conv2d, nn.Linear)):
             w = mod.weight.detach()
             depthwise = isinstance(mod, nn.Conv2d) and mod.groups > 1
@@ -141,7 +158,7 @@ def _keeps_nm(cg: ChannelGroup, remove: list[int], nm: tuple[int, int]) -> bool:
     gone = torch.as_tensor(remove, dtype=torch.long)
     for it in cg.group.items:
         mod = it.dep.target.module
-        if not isinstance(mod, (nn.Conv2d, nn.Linear)) or _is_out(it.dep.handler) or getattr(mod, "groups", 1) != 1:
+        if not isinstance(mod, (nn.Conv2d, nn.Linear)) or _is_out(cg.group, it) or getattr(mod, "groups", 1) != 1:
             continue
         w = mod.weight.detach().cpu()
         if not satisfies_nm(w, n, m):

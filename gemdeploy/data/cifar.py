@@ -41,15 +41,19 @@ def _python_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]
             batch = _SafeUnpickler(f, encoding="bytes").load()
         data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch[label_key], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError) as exc:
-        raise GemdeployError(f"corrupt or unsafe CIFAR batch {path}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a crafted file can raise anything (OverflowError, MemoryError, ...)
+        raise GemdeployError(f"corrupt or unsafe CIFAR batch {path}: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'}") from None
     if len(data) != len(labels):
         raise GemdeployError(f"corrupt CIFAR batch {path}: {len(data)} images but {len(labels)} labels")
     return data, labels
 
 
 def _binary_batch(path: Path, label_bytes: int) -> tuple[np.ndarray, np.ndarray]:
-    raw = np.fromfile(path, dtype=np.uint8)
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except (OSError, MemoryError, ValueError) as exc:
+        raise GemdeployError(f"cannot read CIFAR binary batch {path}: {exc}") from None
     record = label_bytes + 3072
     if raw.size % record:
         raise GemdeployError(f"corrupt CIFAR binary batch {path}: size is not a multiple of {record} bytes")
@@ -75,8 +79,13 @@ def read_cifar(root: Path, name: str) -> tuple[tuple[np.ndarray, np.ndarray], tu
     _, train, test, key = LAYOUTS[name][kind]
     read = _python_batch if kind == "python" else _binary_batch
 
+    classes = 10 if name == "cifar10" else 100
+
     def load(files):
         parts = [read(base / f, key) for f in files]
+        for f, (_, labels) in zip(files, parts):
+            if len(labels) == 0 or labels.min() < 0 or labels.max() >= classes:
+                raise GemdeployError(f"corrupt CIFAR batch {base / f}: labels must lie in 0..{classes - 1}")
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     return load(train), load(test)

@@ -97,16 +97,29 @@ def imagefolder(data_dir=None, download=False, image_size: int = 224) -> DataBun
     test_dir = data_dir / "val" if (data_dir / "val").is_dir() else data_dir / "test"
     if not test_dir.is_dir():
         raise GemdeployError(f"{data_dir} has no val/ or test/ folder")
+    for split in ("train", test_dir.name):
+        classes = [d for d in sorted((data_dir / split).iterdir()) if d.is_dir()]
+        if not classes:
+            raise GemdeployError(f"{data_dir / split} has no class folders (expected {split}/<class>/<image>)")
+        empty = [d.name for d in classes if not any(p.is_file() for p in d.rglob("*"))]
+        if empty:
+            raise GemdeployError(f"{data_dir / split}: class folder(s) {', '.join(empty[:3])} hold no images")
     norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
     eval_tf = T.Compose([T.Resize(int(image_size * 256 / 224)), T.CenterCrop(image_size), T.ToTensor(), norm])
-    train_full = ImageFolder(str(data_dir / "train"), transform=train_tf)
+    def folder(path: Path, transform) -> ImageFolder:
+        try:
+            return ImageFolder(str(path), transform=transform)
+        except (FileNotFoundError, RuntimeError, OSError) as exc:
+            raise GemdeployError(f"cannot read image folder {path}: {str(exc).splitlines()[0]}") from None
+
+    train_full = folder(data_dir / "train", train_tf)
     n = len(train_full)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
     n_val = max(1, n // 100)
     train = Subset(train_full, perm[n_val:])
-    val = Subset(ImageFolder(str(data_dir / "train"), transform=eval_tf), perm[:n_val])
-    test = ImageFolder(str(test_dir), transform=eval_tf)
+    val = Subset(folder(data_dir / "train", eval_tf), perm[:n_val])
+    test = folder(test_dir, eval_tf)
     c = 3
     return DataBundle("imagefolder", (c, image_size, image_size), len(train_full.classes),
                       LoaderSplit(train), LoaderSplit(val), LoaderSplit(test))
