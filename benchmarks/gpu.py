@@ -61,9 +61,17 @@ from torch import nn
 from benchmarks.report import ROOT, machine, markdown_table, write_section
 
 SECTION = "gpu"
-RUN_SCRIPT = "bash benchmarks/gpu_run.sh \"$OUT\""
-DEVICE_CALL = ("run(command='bash benchmarks/gpu_run.sh \"$OUT\"', carry=[\"wheels\"], timeout_s=600) "
-               "after `bash benchmarks/gpu_wheels.sh` here")
+HOW_TO_RUN = [
+    "here (registry access): `bash benchmarks/gpu_wheels.sh` downloads the 4 wheels the GPU image lacks into "
+    "`wheels/` (git-ignored, about 2 MiB);",
+    "on the GPU machine, from the repository root with `wheels/`: `bash benchmarks/gpu_run.sh \"$OUT\"`, i.e. "
+    "`python3 -m pip install --no-index --no-deps --target /tmp/gemdeploy-site wheels/*.whl`, then "
+    "`PYTHONPATH=$PWD:/tmp/gemdeploy-site python3 -m benchmarks.gpu --out $OUT/gpu.json --markdown "
+    "$OUT/BENCHMARKS-gpu.md --work /tmp/gemdeploy-gpu` (log in `$OUT/gpu.log`); with the workplace's device tool: "
+    "run(command='bash benchmarks/gpu_run.sh \"$OUT\"', carry=['wheels'], timeout_s=600);",
+    "back here: copy `gpu.json` to `benchmarks/results/gpu.json`, then "
+    "`.venv/bin/python -m benchmarks.gpu --from-json benchmarks/results/gpu.json` writes this section.",
+]
 PARTS = ("mining", "inference", "tickets")  # execution order
 REPORT_ORDER = ("mining", "tickets", "inference")  # the issue's order
 SHARES = {"mining": 0.29, "inference": 0.22, "tickets": 0.49}
@@ -234,23 +242,59 @@ INFER_TICKETS = ("dense", "channel 75%", "2:4", "2:4 semi-structured")
 INFER_MODES = ("eager", "cuda-graph", "compiled")
 
 
+MINING_LOOP = ("each epoch is gemdeploy.train.loop.train_epoch (the loop `gemdeploy mine` runs) over a gemdeploy "
+               "TensorSplit of uint8 images with random crop and flip done on the device; Gem-Miner: ScoredNetwork "
+               "(signed-constant weights, scores U[0,1]), SGD lr 0.1 momentum 0.9 on the scores, L2 penalty 1e-4, "
+               "projection after every step; dense: kaiming-normal ResNet-20, SGD lr 0.1 momentum 0.9 wd 1e-4; "
+               "compile: torch.compile of the forward module, as `gemdeploy mine --compile` does")
+
+
+def _planned_command(s: Settings, method: str, seed: int) -> str:
+    epochs = "<fitted to the time left>" if method == "imp" else s.epochs
+    return (f"gemdeploy mine --model {s.tickets_model} --data {s.tickets_data} --method {method} "
+            f"--sparsity {round(1 - s.density, 10):g} --epochs {epochs} --finetune-epochs {s.finetune_epochs} "
+            f"--seed {seed} --device {s.device}")
+
+
+def _ticket_command(s: Settings, model: str, pattern: str, sparsity: float) -> str:
+    return (f"gemdeploy mine --model {model} --data synthetic --method gem-miner --sparsity {sparsity:g} --pattern "
+            f"{pattern} --epochs 1 --finetune-epochs 0 --seed 0 --device {s.device} --batch-size "
+            f"{min(128, s.ticket_images)}")
+
+
+SEMI_HOW = {True: "torch.sparse.to_sparse_semi_structured",
+            False: "a dense stand-in: on the CPU, to_sparse_semi_structured needs CUDA"}
+INFER_RUNS = (("dense", None, 0.0), ("channel 75%", "channel", 0.75), ("2:4", "2:4", 0.5))
+
+
 def plan(s: Settings, reason: str = PENDING) -> dict:
     mining = {"status": "not measured", "reason": reason,
               "setup": {"model": "resnet20", "images": s.mining_images, "image": s.mining_image,
-                        "batch": s.mining_batch, "timed_epochs": s.mining_epochs,
+                        "batch": s.mining_batch, "timed_epochs": s.mining_epochs, "loop": MINING_LOOP,
+                        "steps_per_epoch": s.mining_images // s.mining_batch,
                         "precision": "bf16 autocast, channels_last" if s.device == "cuda" else "fp32 (CPU)"},
+              "commands": [f"python3 -m benchmarks.gpu --parts mining{' --smoke' if s.smoke else ''}"],
               "rows": [{"epoch": kind, "mode": mode, "status": "not measured", "reason": reason}
                        for kind, mode in MINING_ROWS],
               "profile": {"status": "not measured", "reason": reason}}
     tickets = {"status": "not measured", "reason": reason,
                "setup": {"model": s.tickets_model, "data": s.tickets_data, "density": s.density, "epochs": s.epochs,
                          "finetune_epochs": s.finetune_epochs, "seeds": s.seeds},
-               "rows": [{"method": m, "seed": seed, "status": "not measured", "reason": reason}
+               "commands": [f"python3 -m benchmarks.gpu --parts tickets{' --smoke' if s.smoke else ''}"],
+               "rows": [{"method": m, "seed": seed, "status": "not measured", "reason": reason,
+                         "command": _planned_command(s, m, seed)}
                         for seed in range(s.seeds) for m in TICKET_METHODS]}
     inference = {"status": "not measured", "reason": reason,
                  "setup": {"models": list(s.models), "batches": list(s.batches), "iters": s.iters, "warmup": s.warmup,
-                           "image": s.infer_image,
+                           "image": s.infer_image, "ticket_images": s.ticket_images, "semi_structured": SEMI_HOW[s.device == "cuda"],
+                           "timing": ("CUDA events around each call (gemdeploy.bench.backends.base.cuda_event_times)"
+                                      if s.device == "cuda" else "wall clock (CPU)"),
+                           "compiled": ("torch.compile(mode='reduce-overhead', dynamic=False): inductor + CUDA graphs"
+                                        if s.compile_backend == "inductor"
+                                        else f"torch.compile(backend='{s.compile_backend}'): Dynamo only"),
                            "precision": "bf16, channels_last" if s.device == "cuda" else "fp32 (CPU)"},
+                 "commands": [f"python3 -m benchmarks.gpu --parts inference{' --smoke' if s.smoke else ''}"]
+                 + [_ticket_command(s, m, p, sp) for m in s.models for _, p, sp in INFER_RUNS if p],
                  "tickets": {f"{m}|{t}": {"model": m, "ticket": t} for m in s.models for t in INFER_TICKETS},
                  "rows": [{"model": m, "ticket": t, "mode": mode, "batch": b, "status": "not measured", "reason": reason}
                           for m in s.models for t in INFER_TICKETS for mode in INFER_MODES for b in s.batches]}
@@ -334,13 +378,6 @@ def part_mining(s: Settings, res: Results, clock: Clock) -> None:
     part = res.part("mining")
     hw = Hardware.resolve(s.device)
     split = resident_images(s.mining_images, s.mining_image, hw.device, hw.channels_last)
-    part["setup"]["steps_per_epoch"] = s.mining_images // s.mining_batch
-    part["setup"]["loop"] = ("gemdeploy.train.loop.train_epoch over a gemdeploy TensorSplit (crop+flip on the device); "
-                             "Gem-Miner: ScoredNetwork, SGD lr 0.1 momentum 0.9 on the scores, L2 penalty 1e-4, "
-                             "projection after every step; dense: kaiming-normal ResNet-20, SGD lr 0.1 momentum 0.9 "
-                             "wd 1e-4; compile: torch.compile of the forward module, as `gemdeploy mine --compile`")
-    part["commands"] = [f"python3 -m benchmarks.gpu --parts mining{' --smoke' if s.smoke else ''}",
-                        "equivalent mining run: gemdeploy mine --model resnet20 --data synthetic --device cuda [--compile]"]
     for row in part["rows"]:
         if clock.over():
             break
@@ -501,14 +538,14 @@ def subset(bundle, n: int):
                       cut(bundle.val, n // 2), cut(bundle.test, n // 2), bundle.real)
 
 
-def _mine_command(cfg, extra: str = "") -> str:
+def _mine_command(cfg) -> str:
     parts = ["gemdeploy mine", f"--model {cfg.model}", f"--data {cfg.data}", f"--method {cfg.method}",
              f"--sparsity {cfg.sparsity:g}"]
     if cfg.pattern != "unstructured":
         parts.append(f"--pattern {cfg.pattern}")
     parts += [f"--epochs {cfg.epochs}", f"--finetune-epochs {cfg.finetune_epochs}", f"--seed {cfg.seed}",
               f"--device {cfg.device}"]
-    return " ".join(parts) + extra
+    return " ".join(parts)
 
 
 def part_tickets(s: Settings, res: Results, clock: Clock, work: Path) -> None:
@@ -531,7 +568,6 @@ def part_tickets(s: Settings, res: Results, clock: Clock, work: Path) -> None:
     rounds = len(level_counts(total, s.density)) - 1
     part["setup"].update(train_images=train_size, prunable_weights=total, imp_rounds=rounds,
                          batch=128, input_shape=list(data.input_shape))
-    part["commands"] = []
     epoch_time: float | None = None  # seconds per masked-training epoch (validation and checkpoint included)
     for row in part["rows"]:
         method, seed = row["method"], row["seed"]
@@ -558,7 +594,6 @@ def part_tickets(s: Settings, res: Results, clock: Clock, work: Path) -> None:
                          device=s.device).resolve(train_size=train_size)
         out = work / "tickets" / f"{method}-s{seed}"
         row["command"] = _mine_command(cfg)
-        part["commands"].append(row["command"])
         log(f"tickets: {method} seed {seed}: {epochs} {'epochs per round' if method == 'imp' else 'mining epochs'} "
             f"+ {s.finetune_epochs} ticket epochs, {clock.left():.0f} s left")
         started = time.perf_counter()
@@ -655,7 +690,7 @@ class ConvAsGemm(nn.Module):
     def forward(self, x):
         cols, ho, wo = patches_nhwc(x, self.kernel, self.stride, self.padding)
         y = F.linear(cols, self.weight, self.bias)
-        return y.view(x.shape[0], ho, wo, -1).permute(0, 3, 1, 2)
+        return y.reshape(x.shape[0], ho, wo, -1).permute(0, 3, 1, 2)
 
 
 def _conv_qualifies(m: nn.Conv2d) -> bool:
@@ -689,7 +724,8 @@ def semi_structured(model: nn.Module, sparsify: Callable[[torch.Tensor], torch.T
         new = GemmLinear(sparse, mod.bias) if isinstance(mod, nn.Linear) else ConvAsGemm(mod, sparse)
         parent_name, _, attr = name.rpartition(".")
         setattr(out.get_submodule(parent_name) if parent_name else out, attr, new)
-        swapped.append({"layer": name, "type": type(mod).__name__, "shape": list(w2d.shape)})
+        swapped.append({"layer": name, "type": type(mod).__name__, "shape": list(w2d.shape),
+                        "weight": type(sparse).__name__})
     return out.eval(), {"swapped": swapped, "kept": kept}
 
 
@@ -697,13 +733,13 @@ def _sparsifier(cuda: bool) -> tuple[Callable[[torch.Tensor], torch.Tensor], str
     if cuda:
         from torch.sparse import to_sparse_semi_structured
 
-        return to_sparse_semi_structured, "torch.sparse.to_sparse_semi_structured"
+        return to_sparse_semi_structured, SEMI_HOW[True]
     # The CPU has no semi-structured kernels: the same conversion with the dense 2:4 weights, so the smoke run
     # checks everything but the sparse GEMM itself.
-    return (lambda w: w.clone()), "dense stand-in (CPU: to_sparse_semi_structured needs CUDA)"
+    return (lambda w: w.clone()), SEMI_HOW[False]
 
 
-def _ticket_run(work: Path, model: str, pattern: str, sparsity: float, hw, s: Settings) -> tuple[nn.Module, str]:
+def _ticket_run(work: Path, model: str, pattern: str, sparsity: float, hw, s: Settings) -> nn.Module:
     """A 1-epoch Gem-Miner ticket on a few random CIFAR-shaped images, compacted by `mine` itself."""
     from gemdeploy.compact.compaction import load_compacted_model
     from gemdeploy.data.sets import synthetic_bundle
@@ -719,9 +755,7 @@ def _ticket_run(work: Path, model: str, pattern: str, sparsity: float, hw, s: Se
                      finetune_epochs=0, batch_size=min(128, n), device=s.device).resolve(train_size=n)
     out = work / "inference" / f"{model}-{pattern.replace(':', 'of')}"
     run_mine(cfg, RunDir.create(out, overwrite=True), reporter=Reporter(enabled=False), prepared=(hw, data))
-    command = _mine_command(cfg, f" --batch-size {cfg.batch_size}  # on {n} random {s.infer_image}x{s.infer_image} "
-                                 "images, not synthetic's 50,000")
-    return load_compacted_model(RunArtifacts.open(out)).eval(), command
+    return load_compacted_model(RunArtifacts.open(out)).eval()
 
 
 def _latency(fn: Callable[[], object], iters: int, warmup: int, cuda: bool) -> dict:
@@ -768,12 +802,6 @@ def part_inference(s: Settings, res: Results, clock: Clock, work: Path) -> None:
     dtype = torch.bfloat16 if cuda else torch.float32
     shape = (3, s.infer_image, s.infer_image)
     sparsify, how = _sparsifier(cuda)
-    part["setup"]["semi_structured"] = how
-    part["setup"]["timing"] = ("CUDA events around each call after warm-up (gemdeploy.bench.backends.base."
-                               "cuda_event_times)" if cuda else "wall clock (CPU)")
-    part["setup"]["compiled"] = ("torch.compile(mode='reduce-overhead', dynamic=False): inductor + CUDA graphs"
-                                 if s.compile_backend == "inductor" else f"torch.compile(backend='{s.compile_backend}')")
-    part["commands"] = []
     rows = {(r["model"], r["ticket"], r["mode"], r["batch"]): r for r in part["rows"]}
     modules: dict[tuple[str, str], nn.Module] = {}
     torch.manual_seed(0)
@@ -784,7 +812,7 @@ def part_inference(s: Settings, res: Results, clock: Clock, work: Path) -> None:
 
     # The tickets: dense (the architecture at its init), channel 75% and 2:4 from short mining runs, compacted.
     for model in s.models:
-        for ticket, pattern, sparsity in (("dense", None, 0.0), ("channel 75%", "channel", 0.75), ("2:4", "2:4", 0.5)):
+        for ticket, pattern, sparsity in INFER_RUNS:
             info = part["tickets"][f"{model}|{ticket}"]
             if clock.over():
                 break
@@ -793,10 +821,8 @@ def part_inference(s: Settings, res: Results, clock: Clock, work: Path) -> None:
                     net = build_model(model, shape, 10).eval()
                     info["how"] = "the architecture at a random init (latency only)"
                 else:
-                    net, command = _ticket_run(work, model, pattern, sparsity, hw, s)
-                    net = net.cpu()
-                    info["how"] = f"1-epoch Gem-Miner ticket, compacted: {command}"
-                    part["commands"].append(command)
+                    net = _ticket_run(work, model, pattern, sparsity, hw, s).cpu()
+                    info["how"] = f"1-epoch Gem-Miner ticket, compacted: {_ticket_command(s, model, pattern, sparsity)}"
                 info.update(model_totals(net, shape))
                 modules[(model, ticket)] = place(net)
                 log(f"inference: {model} {ticket}: {info['params']:,} params, {info['macs']:,} MACs")
@@ -923,20 +949,20 @@ def render(result: dict) -> str:
     if smoke:
         lines += ["**Smoke run** (`--smoke`: every part at toy size on the CPU, to keep the script working; "
                   "no figure below means anything).", ""]
-    lines += [f"Command on the GPU machine (repository root, `wheels/` from `bash benchmarks/gpu_wheels.sh` carried "
-              f"along): `{RUN_SCRIPT}`; it installs the wheels with `pip install --no-index --no-deps --target` and runs "
-              "`python3 -m benchmarks.gpu --out $OUT/gpu.json --markdown $OUT/BENCHMARKS-gpu.md`. "
-              f"Through the workplace's device tool: `{DEVICE_CALL}`. Back here, "
-              "`.venv/bin/python -m benchmarks.gpu --from-json gpu.json` writes this section.  ",
-              ]
-    if meta.get("command") is None:
-        lines += [f"Not run yet: **{meta.get('device')}**. Every figure below is marked not measured; the next time a "
-                  "GPU is at hand, the command above runs first.", ""]
+    lines += ["How to run it (8 minutes on one H100 or H200; no registry needed there):", ""]
+    lines += [f"{i}. {step}" for i, step in enumerate(HOW_TO_RUN, 1)] + [""]
+    if meta.get("not_run"):
+        lines += [f"**Not run yet ({meta['not_run']})**: every figure below is marked not measured; the next time a "
+                  "GPU is at hand, the commands above run first.", ""]
     else:
         lines += _render_run_meta(meta)
     for name in REPORT_ORDER:
         lines += {"mining": _render_mining, "tickets": _render_tickets, "inference": _render_inference}[name](parts[name])
         lines.append("")
+    lines += ["Not in this benchmark: TensorRT engines and ONNX Runtime CUDA (the GPU image has no TensorRT and only the "
+              "CPU build of onnxruntime; `gemdeploy export --trt` and `gemdeploy bench --backend tensorrt` run inside "
+              "the Dockerfile's TensorRT container), and ResNet-50 mining at 224x224 "
+              "(`gemdeploy mine --model resnet50 --data synthetic-imagenet --device cuda`)."]
     return "\n".join(lines).rstrip()
 
 
@@ -968,7 +994,8 @@ def _render_mining(part: dict) -> list[str]:
     st = part["setup"]
     lines = [f"### 1. Mining throughput: ResNet-20, {st['images']:,} CIFAR-shaped images on the device, batch {st['batch']}",
              "", f"{st['precision']}; median of up to {st['timed_epochs']} timed epochs after a warm-up epoch (cuDNN "
-             "autotuning, compilation). " + (st.get("loop", "") + "." if st.get("loop") else ""), ""]
+             f"autotuning, compilation); {st['steps_per_epoch']} steps per epoch. Command: `{part['commands'][0]}`; "
+             + st["loop"] + ".", ""]
     lines += _part_status(part)
     common = _common_reason(part["rows"]) if part["status"] == "not measured" else None
     ratios = part.get("ratios", {})
@@ -1008,9 +1035,9 @@ def _render_tickets(part: dict) -> list[str]:
              "", f"Gem-Miner {st['epochs']} mining + {st['finetune_epochs']} fine-tuning epochs; random and SynFlow with "
              f"the same fine-tuning; IMP on its reference recipe (gemdeploy.mine.recipes) with as many epochs per round "
              f"as the time left afforded, its ticket trained {st['finetune_epochs']} epochs from the rewind point; "
-             f"{st['seeds']} seed(s); batch 128; eager. Each run is a `gemdeploy mine` run in this process (command per "
-             "row); time to ticket is the wall time finding the mask (validation and checkpoints included), IMP's "
-             "every round up to the ticket.", ""]
+             f"{st['seeds']} seed(s); batch 128; eager. Command: `{part['commands'][0]}`; each row is a `gemdeploy mine` "
+             "run in that process (its command in the last column). Time to ticket is the wall time finding the mask "
+             "(validation and checkpoints included), IMP's every round up to the ticket.", ""]
     lines += _part_status(part)
     common = _common_reason(part["rows"]) if part["status"] == "not measured" else None
     rows = []
@@ -1045,7 +1072,9 @@ def _render_inference(part: dict) -> list[str]:
              "and 2:4 = 1-epoch Gem-Miner tickets on random images, compacted (structure only); 2:4 semi-structured = "
              f"the 2:4 ticket with every qualifying layer on a semi-structured weight ({st.get('semi_structured', 'torch.sparse.to_sparse_semi_structured')}"
              "; convolutions as one GEMM over channels-last patches). Speed-up = dense latency / ticket latency, "
-             "same model, mode and batch.", ""]
+             "same model, mode and batch. Command: `" + part["commands"][0] + "`; the tickets, each mined on "
+             f"{st['ticket_images']} random images (in the same process, not synthetic's 50,000): "
+             + "; ".join(f"`{c}`" for c in part["commands"][1:]) + ".", ""]
     lines += _part_status(part)
     common = _common_reason(part["rows"]) if part["status"] == "not measured" else None
     for model in st["models"]:
@@ -1179,7 +1208,7 @@ def main(
     s = replace(s, seeds=seeds, budget_s=budget or s.budget_s,
                 profile_steps=s.profile_steps if profile_steps < 0 else profile_steps)
     if not_measured_reason is not None:
-        data = {"schema": 1, "meta": {"device": f"none ({not_measured_reason})", "torch": None, "cuda": None,
+        data = {"schema": 1, "meta": {"not_run": not_measured_reason, "device": None, "torch": None, "cuda": None,
                                       "python": None, "machine": None, "smoke": False, "settings": asdict(s),
                                       "command": None, "started_unix": time.time(), "finished": True},
                 "parts": plan(s, not_measured_reason)}

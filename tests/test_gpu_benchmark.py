@@ -113,7 +113,7 @@ def test_not_measured_placeholder_names_the_reason(tmp_path):
     assert_every_figure_accounted_for(result)
     text = md.read_text()
     assert text.count("**Not measured: no GPU lent to this session.**") == 3
-    assert "bash benchmarks/gpu_run.sh" in text and "Not run yet" in text
+    assert "bash benchmarks/gpu_run.sh" in text and "**Not run yet (no GPU lent to this session)**" in text
 
 
 @pytest.mark.parametrize("stride,padding,kernel", [(1, 1, 3), (2, 1, 3), (2, 0, 1), (1, 0, 1)])
