@@ -6,7 +6,7 @@
     # back here, with the returned JSON:
     .venv/bin/python -m benchmarks.gpu --from-json gpu.json          # -> the "gpu" section of BENCHMARKS.md
     # the same code at toy size on the CPU, in under a minute (tests/test_gpu_benchmark.py runs it):
-    .venv/bin/python -m benchmarks.gpu --smoke --out /tmp/gpu-smoke.json
+    .venv/bin/python -m benchmarks.gpu --smoke        # JSON in benchmarks/results/quick/ (git-ignored)
 
 Three parts (the issue's numbering; they run in the order 1, 3, 2 because part 2's IMP rounds stretch to fill
 whatever time is left):
@@ -1177,7 +1177,8 @@ def run_benchmark(s: Settings, out: Path | None, markdown: Path | None, parts: l
 
 
 def main(
-    out: Path = typer.Option(ROOT / "benchmarks" / "results" / "gpu.json", help="The JSON of every figure."),
+    out: Path | None = typer.Option(None, help="The JSON of every figure (default: benchmarks/results/gpu.json; "
+                                               "--smoke: benchmarks/results/quick/gpu-smoke.json, git-ignored)."),
     markdown: Path | None = typer.Option(None, help="Also write the rendered GPU section to this file."),
     smoke: bool = typer.Option(False, "--smoke", help="Every part at toy size on the CPU (under a minute)."),
     budget: float = typer.Option(0.0, help="Seconds for all parts (0: 450 on the GPU, 120 for --smoke)."),
@@ -1195,6 +1196,8 @@ def main(
 ) -> None:
     command = "python3 -m benchmarks.gpu " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if from_json is not None:
+        if not from_json.is_file():
+            raise typer.BadParameter(f"{from_json} does not exist", param_hint="--from-json")
         data = json.loads(from_json.read_text())
         body = render(data)
         if markdown is not None:
@@ -1203,6 +1206,7 @@ def main(
             write_section(SECTION, body)
             log(f"wrote the '{SECTION}' section of BENCHMARKS.md from {from_json}")
         return
+    out = out or ROOT / "benchmarks" / "results" / ("quick/gpu-smoke.json" if smoke else "gpu.json")
     s = Settings(**SMOKE) if smoke else Settings()
     s = replace(s, seeds=seeds, budget_s=budget or s.budget_s,
                 profile_steps=s.profile_steps if profile_steps < 0 else profile_steps)
