@@ -1,0 +1,553 @@
+"""Load a sparse CPU artifact (model.sparse-cpu.safetensors) and run it on the CPU with numpy + scipy.
+
+The file is safetensors: the weights as plain arrays (per conv/linear layer its BatchNorm-folded weight in CSR:
+``indptr``/``indices`` int32, ``data`` float32, and a float32 ``bias``) and, in the header's metadata under
+``gemdeploy.sparse_cpu``, a JSON op graph. Loading it parses JSON and arrays: no code is executed.
+
+Layout inside the runtime: a 4-D activation is (C, H, W, B) and a 2-D one (F, B), the batch innermost. Then a
+flatten is a free reshape, and the input window of a kernel offset (c, r, s) is one strided block whose inner
+runs are Wo*B floats long, so gathering the rows a sparse conv needs is a fast copy even at 7x7.
+
+Kernels per conv/linear layer, chosen at export time by timing both on real inputs (recorded per batch size):
+  * ``csr``:   Y = bias (+ residual); Y += W_csr @ cols, with scipy's CSR x dense kernel (csr_matvecs). Only the
+               columns the layer uses (input channels x kernel offsets with any nonzero weight) are gathered.
+  * ``dense``: Y = W[:, used] @ cols with BLAS (numpy), on the same gathered columns.
+Residual adds and ReLUs are fused into the layer that feeds them. Threads split the batch: each worker runs the
+whole network on its slice (scipy's sparse kernel and numpy's copies release the GIL).
+
+This module imports numpy, scipy and safetensors only; never torch or ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from gemdeploy.errors import GemdeployError
+
+FILE_FORMAT = "gemdeploy-sparse-cpu"
+FORMAT_VERSION = 1
+META_KEY = "gemdeploy.sparse_cpu"
+ENGINES = ("numpy", "torch")
+KERNELS = ("csr", "dense")
+F32 = np.float32
+
+try:  # scipy's compiled CSR x dense-block kernel: Y += A @ X, no Python-level checks (what A @ X calls inside)
+    from scipy.sparse._sparsetools import csr_matvecs as _csr_matvecs
+except Exception:  # noqa: BLE001 - a scipy without the private module: the public API below, same arithmetic
+    _csr_matvecs = None
+
+
+def csr_accumulate(indptr, indices, data, x2d: np.ndarray, y2d: np.ndarray) -> None:
+    """y2d += CSR(indptr, indices, data) @ x2d, for C-contiguous float32 x2d (n_cols, N) and y2d (n_rows, N)."""
+    rows, n = y2d.shape
+    if _csr_matvecs is not None:
+        _csr_matvecs(rows, x2d.shape[0], n, indptr, indices, data, x2d.reshape(-1), y2d.reshape(-1))
+        return
+    from scipy.sparse import csr_array
+
+    y2d += csr_array((data, indices, indptr), shape=(rows, x2d.shape[0])) @ x2d
+
+
+# ------------------------------------------------------------------------------------------------ the artifact
+
+
+def save(path: str | Path, graph: dict, tensors: dict[str, np.ndarray]) -> None:
+    """Write the op graph and its arrays as one safetensors file (no pickles)."""
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path),
+              metadata={META_KEY: json.dumps(graph, separators=(",", ":"))})
+
+
+def read(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(op graph, arrays) of an artifact, or a GemdeployError naming what is wrong with the file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise GemdeployError(f"{path} does not exist (write it with `gemdeploy export RUN --precision sparse-cpu`)")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types on a corrupt header
+        raise GemdeployError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    if META_KEY not in meta:
+        raise GemdeployError(f"{path} holds no sparse CPU graph (no '{META_KEY}' metadata): not written by "
+                             "`gemdeploy export --precision sparse-cpu`")
+    try:
+        graph = json.loads(meta[META_KEY])
+    except ValueError as exc:
+        raise GemdeployError(f"{path}: its sparse CPU graph is not valid JSON ({exc})") from None
+    return graph, tensors
+
+
+def load(path: str | Path, *, threads: int = 1, engine: str = "numpy") -> "SparseModel":
+    """Load an artifact for inference: ``load(path, threads=2)(images)`` -> logits."""
+    graph, tensors = read(path)
+    return SparseModel(graph, tensors, threads=threads, engine=engine, source=str(path))
+
+
+# ------------------------------------------------------------------------------------------------ validation
+
+
+def _need(cond: bool, what: str) -> None:
+    if not cond:
+        raise GemdeployError(f"malformed sparse CPU graph: {what}")
+
+
+def _ints(v, n: int, what: str) -> tuple[int, ...]:
+    _need(isinstance(v, list) and len(v) == n and all(isinstance(i, int) and i >= 0 for i in v),
+          f"{what} must be {n} non-negative integers, got {v!r}")
+    return tuple(v)
+
+
+def _tensor(tensors: dict, name, dtype, shape: tuple | None = None) -> np.ndarray:
+    _need(isinstance(name, str) and name in tensors, f"missing tensor {name!r}")
+    arr = tensors[name]
+    _need(arr.dtype == dtype, f"tensor {name} is {arr.dtype}, expected {np.dtype(dtype)}")
+    if shape is not None:
+        _need(tuple(arr.shape) == tuple(shape), f"tensor {name} has shape {tuple(arr.shape)}, expected {tuple(shape)}")
+    return np.ascontiguousarray(arr)
+
+
+def _csr(tensors: dict, spec: dict, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    w = spec.get("weight")
+    _need(isinstance(w, dict), f"{spec.get('name')}: no weight")
+    indptr = _tensor(tensors, w.get("indptr"), np.int32, (rows + 1,))
+    indices = _tensor(tensors, w.get("indices"), np.int32)
+    data = _tensor(tensors, w.get("data"), F32)
+    nnz = len(data)
+    _need(indices.shape == (nnz,) and indptr[0] == 0 and indptr[-1] == nnz and bool(np.all(np.diff(indptr) >= 0)),
+          f"{spec.get('name')}: inconsistent CSR arrays")
+    _need(nnz == 0 or (int(indices.min()) >= 0 and int(indices.max()) < cols),
+          f"{spec.get('name')}: column index out of range")
+    return indptr, indices, data
+
+
+# ------------------------------------------------------------------------------------------------ ops (numpy)
+
+
+def _pick(kernel: dict, batch: int) -> str:
+    """The kernel measured at the batch size closest (in log scale) to ``batch``."""
+    best = min(kernel, key=lambda b: abs(math.log(int(b)) - math.log(max(1, batch))))
+    return kernel[best]
+
+
+def _activate(y: np.ndarray, act) -> np.ndarray:
+    if act == "relu":
+        np.maximum(y, 0, out=y)
+    elif act is not None:  # ["clip", lo, hi]
+        np.clip(y, act[1], act[2], out=y)
+    return y
+
+
+class Op:
+    """One step of the graph: reads slots ``ins`` (and maybe ``res``), writes slot ``out``."""
+
+    ins: tuple[int, ...] = ()
+    res: int | None = None
+    out = 0
+    owns: frozenset = frozenset()  # input slots whose last use is this op: their buffers may be reused in place
+
+    def run(self, vals: list) -> np.ndarray:
+        raise NotImplementedError
+
+
+class MatOp(Op):
+    """Conv2d or Linear with folded BatchNorm, optional fused residual add and activation."""
+
+    def __init__(self, spec: dict, tensors: dict):
+        self.name, self.spec = spec["name"], spec
+        self.kernel = spec.get("kernel") or {"1": "csr"}
+        _need(isinstance(self.kernel, dict) and self.kernel and all(
+            k.isdigit() and int(k) >= 1 and v in KERNELS for k, v in self.kernel.items()),
+            f"{self.name}: kernel must map batch sizes to one of {KERNELS}")
+        self.act = spec.get("activation")
+        _need(self.act in (None, "relu") or (isinstance(self.act, list) and len(self.act) == 3 and self.act[0] == "clip"),
+              f"{self.name}: unknown activation {self.act!r}")
+        self.forced: str | None = None  # tune(): time one kernel regardless of the recorded choice
+
+    def _setup(self, rows: int, cols: int, tensors: dict) -> None:
+        indptr, indices, data = _csr(tensors, self.spec, rows, cols)
+        self.rows, self.cols, self.nnz = rows, cols, len(data)
+        self.bias = _tensor(tensors, self.spec.get("bias"), F32, (rows,))
+        self.used = np.unique(indices).astype(np.int64)  # input columns with any nonzero weight
+        self.all_used = len(self.used) == cols
+        # CSR over the gathered columns only (local column = position in ``used``)
+        self.indptr, self.indices, self.data = indptr, np.searchsorted(self.used, indices).astype(np.int32), data
+        self.full_indices = indices
+        self._dense = None
+
+    @property
+    def dense(self) -> np.ndarray:
+        """W[:, used] as a dense matrix (built on first use: the file stores CSR only)."""
+        if self._dense is None:
+            w = np.zeros((self.rows, len(self.used)), F32)
+            row = np.repeat(np.arange(self.rows), np.diff(self.indptr))
+            w[row, self.indices] = self.data
+            self._dense = w
+        return self._dense
+
+    def kernel_for(self, batch: int) -> str:
+        return self.forced or _pick(self.kernel, batch)
+
+    def _product(self, kernel: str, cols2d: np.ndarray, vals: list, n: int, local: bool = True) -> np.ndarray:
+        """bias (+ residual) + W @ cols as a (rows, n) float32 array (the residual's buffer when it is free).
+        ``cols2d`` holds the used columns only (``local``) or every input column."""
+        if self.res is not None:
+            r = vals[self.res].reshape(self.rows, n)
+            if self.res in self.owns:
+                y = r
+                y += self.bias[:, None]
+            else:
+                y = r + self.bias[:, None]
+        else:
+            y = np.empty((self.rows, n), F32)
+            y[...] = self.bias[:, None]
+        if self.nnz:
+            if kernel == "csr":
+                csr_accumulate(self.indptr, self.indices if local else self.full_indices, self.data, cols2d, y)
+            else:
+                y += self.dense @ cols2d
+        return _activate(y, self.act)
+
+
+class LinearOp(MatOp):
+    def __init__(self, spec, tensors):
+        super().__init__(spec, tensors)
+        fin, fout = spec["in_features"], spec["out_features"]
+        self._setup(fout, fin, tensors)
+
+    def run(self, vals):
+        x = vals[self.ins[0]]  # (F, B)
+        n = x.shape[1]
+        kernel = self.kernel_for(n)
+        if kernel == "csr" or self.all_used:  # CSR reads the input rows it needs in place: no gather
+            return self._product(kernel, x, vals, n, local=kernel != "csr")
+        return self._product(kernel, x[self.used], vals, n)
+
+
+class Conv2dOp(MatOp):
+    def __init__(self, spec, tensors):
+        super().__init__(spec, tensors)
+        self.cin, self.cout = spec["in_channels"], spec["out_channels"]
+        self.r, self.s = _ints(spec["kernel_size"], 2, "kernel_size")
+        self.stride = _ints(spec["stride"], 2, "stride")
+        self.pad = _ints(spec["padding"], 2, "padding")
+        _need(min(self.stride) >= 1 and min(self.r, self.s) >= 1, f"{self.name}: bad kernel or stride")
+        self._setup(self.cout, self.cin * self.r * self.s, tensors)
+        self.pointwise = self.r == self.s == 1 and self.stride == (1, 1) and self.pad == (0, 0)
+        uc = self.used // (self.r * self.s)
+        ur = (self.used // self.s) % self.r
+        us = self.used % self.s
+        self._parts = (uc, ur, us)
+        self._offsets: dict[tuple, tuple[np.ndarray, int]] = {}
+
+    def _gather(self, x: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """The used rows of im2col(x) as a (len(used), Ho*Wo*B) array, and (Ho, Wo, B)."""
+        c, h, w, b = x.shape
+        (ph, pw), (sh, sw) = self.pad, self.stride
+        ho, wo = (h + 2 * ph - self.r) // sh + 1, (w + 2 * pw - self.s) // sw + 1
+        if self.pointwise:
+            cols = x.reshape(c, h * w * b)
+            return (cols if self.all_used else cols[self.used]), (ho, wo, b)
+        if ph or pw:
+            xp = np.zeros((c, h + 2 * ph, w + 2 * pw, b), F32)
+            xp[:, ph:ph + h, pw:pw + w] = x
+        else:
+            xp = x
+        hp, wp = xp.shape[1], xp.shape[2]
+        key = (hp, wp, b)
+        if key not in self._offsets:
+            uc, ur, us = self._parts
+            off = (uc * (hp * wp * b) + ur * (wp * b) + us * b).astype(np.intp)
+            self._offsets[key] = (off, int(off.max()) + 1 if len(off) else 1)
+        off, span = self._offsets[key]
+        if not len(off):
+            return np.empty((0, ho * wo * b), F32), (ho, wo, b)
+        # (offset, Ho, Wo, B) windows over the padded input: window row i starts at element i
+        view = np.ndarray((span, ho, wo, b), F32, buffer=xp, strides=(4, sh * wp * b * 4, sw * b * 4, 4))
+        return view[off].reshape(len(off), ho * wo * b), (ho, wo, b)
+
+    def run(self, vals):
+        x = vals[self.ins[0]]
+        cols, (ho, wo, b) = self._gather(x)
+        return self._product(self.kernel_for(b), cols, vals, ho * wo * b).reshape(self.rows, ho, wo, b)
+
+
+class AffineOp(Op):
+    """A BatchNorm that could not be folded into its producer: per-channel scale and shift."""
+
+    def __init__(self, spec, tensors):
+        c = spec["channels"]
+        self.scale = _tensor(tensors, spec.get("scale"), F32, (c,))
+        self.shift = _tensor(tensors, spec.get("shift"), F32, (c,))
+        self.act = spec.get("activation")
+
+    def run(self, vals):
+        x = vals[self.ins[0]]
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        y = x * self.scale.reshape(shape)
+        y += self.shift.reshape(shape)
+        return _activate(y, self.act)
+
+
+class AddOp(Op):
+    def __init__(self, spec, tensors):
+        self.act = spec.get("activation")
+
+    def run(self, vals):
+        a, b = self.ins
+        if a in self.owns and a != b:
+            y = vals[a]
+            y += vals[b]
+        elif b in self.owns and a != b:
+            y = vals[b]
+            y += vals[a]
+        else:
+            y = vals[a] + vals[b]
+        return _activate(y, self.act)
+
+
+class ActOp(Op):
+    def __init__(self, spec, tensors):
+        self.act = "relu" if spec["op"] == "relu" else ["clip", float(spec["min"]), float(spec["max"])]
+
+    def run(self, vals):
+        x = vals[self.ins[0]]
+        return _activate(x if self.ins[0] in self.owns else x.copy(), self.act)
+
+
+def _pool_out(size: int, k: int, s: int, p: int, ceil: bool) -> int:
+    """PyTorch's pooling output size (a last window must start inside the input or its left padding)."""
+    span = size + 2 * p - k
+    out = (-(-span // s) if ceil else span // s) + 1
+    if ceil and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+class MaxPoolOp(Op):
+    def __init__(self, spec, tensors):
+        self.k = _ints(spec["kernel_size"], 2, "kernel_size")
+        self.st = _ints(spec["stride"], 2, "stride")
+        self.p = _ints(spec["padding"], 2, "padding")
+        self.ceil = bool(spec.get("ceil_mode", False))
+        _need(min(self.k) >= 1 and min(self.st) >= 1, "bad max pool")
+
+    def run(self, vals):
+        x = vals[self.ins[0]]
+        c, h, w, b = x.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.k, self.st, self.p
+        ho, wo = _pool_out(h, kh, sh, ph, self.ceil), _pool_out(w, kw, sw, pw, self.ceil)
+        need_h, need_w = (ho - 1) * sh + kh, (wo - 1) * sw + kw
+        if ph or pw or need_h > h or need_w > w:  # -inf where a window leaves the input
+            xp = np.full((c, max(need_h, h + ph), max(need_w, w + pw), b), -np.inf, F32)
+            xp[:, ph:ph + h, pw:pw + w] = x
+        else:
+            xp = x
+        y = None
+        for i in range(kh):
+            for j in range(kw):
+                win = xp[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw]
+                if y is None:
+                    y = win.copy()
+                else:
+                    np.maximum(y, win, out=y)
+        return y
+
+
+class AvgPoolOp(Op):
+    """AvgPool2d without padding or ceil mode (a plain mean over each window)."""
+
+    def __init__(self, spec, tensors):
+        self.k = _ints(spec["kernel_size"], 2, "kernel_size")
+        self.st = _ints(spec["stride"], 2, "stride")
+
+    def run(self, vals):
+        x = vals[self.ins[0]]
+        (kh, kw), (sh, sw) = self.k, self.st
+        ho, wo = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+        y = np.zeros((x.shape[0], ho, wo, x.shape[3]), F32)
+        for i in range(kh):
+            for j in range(kw):
+                y += x[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw]
+        y *= F32(1.0 / (kh * kw))
+        return y
+
+
+class AdaptiveAvgOp(Op):
+    def __init__(self, spec, tensors):
+        self.size = _ints(spec["output_size"], 2, "output_size")
+        _need(min(self.size) >= 1, "bad adaptive pool size")
+
+    def run(self, vals):
+        x = vals[self.ins[0]]
+        c, h, w, b = x.shape
+        oh, ow = self.size
+        if (oh, ow) == (1, 1):
+            return x.reshape(c, h * w, b).mean(axis=1, dtype=F32).reshape(c, 1, 1, b)
+        y = np.empty((c, oh, ow, b), F32)
+        for i in range(oh):
+            h0, h1 = (i * h) // oh, -(-((i + 1) * h) // oh)
+            for j in range(ow):
+                w0, w1 = (j * w) // ow, -(-((j + 1) * w) // ow)
+                y[:, i, j] = x[:, h0:h1, w0:w1].mean(axis=(1, 2), dtype=F32)
+        return y
+
+
+class FlattenOp(Op):
+    def __init__(self, spec, tensors):
+        pass
+
+    def run(self, vals):
+        x = vals[self.ins[0]]
+        if x.ndim == 2:
+            return x
+        y = x.reshape(-1, x.shape[-1])  # (C, H, W, B) -> (C*H*W, B): torch's (c, h, w) order, free
+        return y if self.ins[0] in self.owns else y.copy()  # never alias a buffer someone still reads
+
+
+OPS = {"conv2d": Conv2dOp, "linear": LinearOp, "affine": AffineOp, "add": AddOp, "relu": ActOp, "clip": ActOp,
+       "maxpool2d": MaxPoolOp, "avgpool2d": AvgPoolOp, "adaptive_avgpool2d": AdaptiveAvgOp, "flatten": FlattenOp}
+
+
+# ------------------------------------------------------------------------------------------------ the model
+
+
+class SparseModel:
+    """A loaded artifact: call it on a float32 numpy batch (B, C, H, W) to get logits (B, classes)."""
+
+    def __init__(self, graph: dict, tensors: dict[str, np.ndarray], *, threads: int = 1, engine: str = "numpy",
+                 source: str = "<memory>"):
+        if engine not in ENGINES:
+            raise GemdeployError(f"unknown sparse CPU engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+        if not isinstance(threads, int) or threads < 1:
+            raise GemdeployError(f"threads must be an integer >= 1, got {threads!r}")
+        _need(isinstance(graph, dict) and graph.get("format") == FILE_FORMAT,
+              f"not a {FILE_FORMAT} graph (format {graph.get('format') if isinstance(graph, dict) else None!r})")
+        _need(graph.get("version") == FORMAT_VERSION,
+              f"version {graph.get('version')!r}; this gemdeploy reads version {FORMAT_VERSION}")
+        self.graph, self.source, self.threads, self.engine = graph, source, threads, engine
+        self.input_shape = _ints(graph.get("input_shape"), 3, "input_shape")
+        self.num_classes = graph.get("num_classes")
+        specs = graph.get("ops")
+        _need(isinstance(specs, list) and specs, "no ops")
+        slots = {"input": 0}
+        self.ops: list[Op] = []
+        for spec in specs:
+            _need(isinstance(spec, dict) and spec.get("op") in OPS, f"unknown op {spec.get('op') if isinstance(spec, dict) else spec!r}")
+            try:
+                op = OPS[spec["op"]](spec, tensors)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise GemdeployError(f"malformed sparse CPU graph: op {spec.get('name', spec['op'])}: {exc!r}") from None
+            ins = spec.get("inputs")
+            _need(isinstance(ins, list) and ins and all(i in slots for i in ins),
+                  f"{spec.get('name', spec['op'])} reads a value that is not computed before it: {ins!r}")
+            op.ins = tuple(slots[i] for i in ins)
+            if spec.get("residual") is not None:
+                _need(spec["residual"] in slots, f"{spec.get('name')}: unknown residual {spec['residual']!r}")
+                op.res = slots[spec["residual"]]
+            _need(isinstance(spec.get("output"), str) and spec["output"] not in slots, f"{spec.get('name')}: bad output")
+            slots[spec["output"]] = op.out = len(slots)
+            self.ops.append(op)
+        _need(graph.get("output") in slots, "the output value is never computed")
+        self.out_slot = slots[graph["output"]]
+        self.n_slots = len(slots)
+        # Free each value after its last reader; a reader that is the last one may reuse the buffer in place.
+        last: dict[int, int] = {}
+        for i, op in enumerate(self.ops):
+            for s in (*op.ins, *(() if op.res is None else (op.res,))):
+                last[s] = i
+        self.free_after: list[tuple[int, ...]] = [() for _ in self.ops]
+        for s, i in last.items():
+            if s != self.out_slot:
+                self.free_after[i] += (s,)
+        for i, op in enumerate(self.ops):
+            reads = [*op.ins, *(() if op.res is None else (op.res,))]
+            op.owns = frozenset(s for s in reads if last.get(s) == i and reads.count(s) == 1 and s != self.out_slot)
+        self._pool: ThreadPoolExecutor | None = None
+        self._torch = None
+        if engine == "torch":
+            from gemdeploy.sparse_cpu.torch_engine import TorchEngine
+
+            self._torch = TorchEngine(self, tensors, threads)
+
+    # -------------------------------------------------------------- calls
+
+    def _check(self, x) -> np.ndarray:
+        if hasattr(x, "detach"):  # a torch tensor from a caller that has torch
+            x = x.detach().cpu().numpy()
+        x = np.asarray(x)
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
+            raise GemdeployError(f"expected images of shape (batch, {', '.join(map(str, self.input_shape))}), "
+                                 f"got {tuple(x.shape)}")
+        return x
+
+    def forward_chunk(self, x: np.ndarray, hook=None) -> np.ndarray:
+        """Logits of one batch on the calling thread (``hook(i, op, vals)`` runs before op i)."""
+        vals: list = [None] * self.n_slots
+        # (B, C, H, W) -> (C, H, W, B), always a fresh float32 buffer the ops may overwrite
+        vals[0] = np.array(x.transpose(1, 2, 3, 0), dtype=F32, order="C", copy=True)
+        for i, op in enumerate(self.ops):
+            if hook is not None:
+                hook(i, op, vals)
+            vals[op.out] = op.run(vals)
+            for s in self.free_after[i]:
+                vals[s] = None
+        y = vals[self.out_slot]
+        return np.ascontiguousarray(np.moveaxis(y, -1, 0)) if y.ndim > 1 else y
+
+    def __call__(self, images) -> np.ndarray:
+        x = self._check(images)
+        if self._torch is not None:
+            return self._torch(x)
+        b = len(x)
+        parts = min(self.threads, b)
+        if parts <= 1:
+            return self.forward_chunk(x)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gemdeploy-sparse")
+        bounds = [round(i * b / parts) for i in range(parts + 1)]
+        futures = [self._pool.submit(self.forward_chunk, x[bounds[i]:bounds[i + 1]]) for i in range(1, parts)]
+        first = self.forward_chunk(x[bounds[0]:bounds[1]])  # this thread works too
+        return np.concatenate([first, *(f.result() for f in futures)])
+
+    predict = __call__
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __del__(self):
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+    # -------------------------------------------------------------- description
+
+    def layers(self) -> list[dict]:
+        """Per conv/linear layer: name, nnz, density, used columns and the kernel per batch size."""
+        out = []
+        for op in self.ops:
+            if isinstance(op, MatOp):
+                out.append({"name": op.name, "op": op.spec["op"], "rows": op.rows, "cols": op.cols, "nnz": op.nnz,
+                            "density": op.nnz / max(1, op.rows * op.cols), "used_cols": len(op.used),
+                            "kernel": dict(op.kernel)})
+        return out
+
+    def __repr__(self) -> str:
+        return (f"SparseModel({self.source}, input {self.input_shape}, {len(self.ops)} ops, engine={self.engine}, "
+                f"threads={self.threads})")
+
+
+def default_threads() -> int:
+    return max(1, os.cpu_count() or 1)
