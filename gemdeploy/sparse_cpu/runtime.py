@@ -34,24 +34,84 @@ FILE_FORMAT = "gemdeploy-sparse-cpu"
 FORMAT_VERSION = 1
 META_KEY = "gemdeploy.sparse_cpu"
 ENGINES = ("numpy", "torch")
-KERNELS = ("csr", "dense")
+KERNELS = ("csr", "unrolled", "dense")
+UNROLL_MAX_NNZ = 8_000_000  # entries (8 bytes each): an unrolled conv above this (64 MB) is not offered
 F32 = np.float32
 
-try:  # scipy's compiled CSR x dense-block kernel: Y += A @ X, no Python-level checks (what A @ X calls inside)
-    from scipy.sparse._sparsetools import csr_matvecs as _csr_matvecs
-except Exception:  # noqa: BLE001 - a scipy without the private module: the public API below, same arithmetic
-    _csr_matvecs = None
 
-
-def csr_accumulate(indptr, indices, data, x2d: np.ndarray, y2d: np.ndarray) -> None:
-    """y2d += CSR(indptr, indices, data) @ x2d, for C-contiguous float32 x2d (n_cols, N) and y2d (n_rows, N)."""
-    rows, n = y2d.shape
-    if _csr_matvecs is not None:
-        _csr_matvecs(rows, x2d.shape[0], n, indptr, indices, data, x2d.reshape(-1), y2d.reshape(-1))
-        return
+def _public_csr_matvecs(rows, cols, n, indptr, indices, data, x, y) -> None:
     from scipy.sparse import csr_array
 
-    y2d += csr_array((data, indices, indptr), shape=(rows, x2d.shape[0])) @ x2d
+    y.reshape(rows, n)[...] += csr_array((data, indices, indptr), shape=(rows, cols)) @ x.reshape(cols, n)
+
+
+def _public_csr_matvec(rows, cols, indptr, indices, data, x, y) -> None:
+    _public_csr_matvecs(rows, cols, 1, indptr, indices, data, x, y)
+
+
+try:  # scipy's compiled CSR kernels, y += A @ x (what A @ x runs inside, without its Python-level checks)
+    from scipy.sparse._sparsetools import csr_matvec, csr_matvecs
+except Exception:  # noqa: BLE001 - a scipy without the private module: the public API, same arithmetic
+    csr_matvec, csr_matvecs = _public_csr_matvec, _public_csr_matvecs
+
+
+def csr_product(rows, cols, n, indptr, indices, data, x, y) -> None:
+    """y += CSR @ x for flat C-ordered float32 x (cols x n) and y (rows x n); one vector takes the tighter loop."""
+    if n == 1:
+        csr_matvec(rows, cols, indptr, indices, data, x, y)
+    else:
+        csr_matvecs(rows, cols, n, indptr, indices, data, x, y)
+
+
+class NumpyEngine:
+    """The default engine: scipy's CSR kernels and numpy's BLAS."""
+
+    name = "numpy"
+
+    def sparse(self, csr: tuple, rows: int, cols: int, n: int, x: np.ndarray, y: np.ndarray) -> None:
+        """y (rows, n) += CSR (rows, cols) @ x (cols, n); ``csr`` = (indptr, indices, data)."""
+        csr_product(rows, cols, n, csr[0], csr[1], csr[2], x.reshape(-1), y.reshape(-1))
+
+    def dense(self, w: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+        y += w @ x
+
+
+NUMPY_ENGINE = NumpyEngine()
+
+
+_BLAS: list | None = None
+
+
+def _blas_libs() -> list:
+    """numpy's BLAS libraries as threadpoolctl controllers (empty without threadpoolctl: BLAS keeps its default)."""
+    global _BLAS
+    if _BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+        except Exception:  # noqa: BLE001 - optional: missing, or a BLAS it cannot drive
+            _BLAS = []
+    return _BLAS
+
+
+class blas_threads:
+    """Context: numpy's BLAS uses ``n`` threads inside (process-wide while it lasts; restored after)."""
+
+    def __init__(self, n: int | None):
+        self.n, self.saved = n, []
+
+    def __enter__(self):
+        if self.n is not None:
+            for lib in _blas_libs():
+                self.saved.append((lib, lib.get_num_threads()))
+                lib.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        for lib, n in self.saved:
+            lib.set_num_threads(n)
+        self.saved = []
 
 
 # ------------------------------------------------------------------------------------------------ the artifact
@@ -163,6 +223,8 @@ class Op:
 class MatOp(Op):
     """Conv2d or Linear with folded BatchNorm, optional fused residual add and activation."""
 
+    kernels: tuple[str, ...] = ("csr", "dense")
+
     def __init__(self, spec: dict, tensors: dict):
         self.name, self.spec = spec["name"], spec
         self.kernel = spec.get("kernel") or {"1": "csr"}
@@ -172,69 +234,74 @@ class MatOp(Op):
         self.act = spec.get("activation")
         _need(self.act in (None, "relu") or (isinstance(self.act, list) and len(self.act) == 3 and self.act[0] == "clip"),
               f"{self.name}: unknown activation {self.act!r}")
-        self.forced: str | None = None  # tune(): time one kernel regardless of the recorded choice
+        self.forced: str | None = None  # tune(): run one kernel regardless of the recorded choice
+        self._choice: dict[int, str] = {}
+        self.engine = NUMPY_ENGINE
 
     def _setup(self, rows: int, cols: int, tensors: dict) -> None:
         indptr, indices, data = _csr(tensors, self.spec, rows, cols)
         self.rows, self.cols, self.nnz = rows, cols, len(data)
         self.bias = _tensor(tensors, self.spec.get("bias"), F32, (rows,))
-        self.used = np.unique(indices).astype(np.int64)  # input columns with any nonzero weight
+        self.bias_col = self.bias[:, None]
+        self.used = np.unique(indices).astype(np.intp)  # input columns with any nonzero weight
         self.all_used = len(self.used) == cols
-        # CSR over the gathered columns only (local column = position in ``used``)
-        self.indptr, self.indices, self.data = indptr, np.searchsorted(self.used, indices).astype(np.int32), data
-        self.full_indices = indices
+        self.indptr, self.data, self.full_indices = indptr, data, indices
+        # the same CSR over the gathered columns only (local column = position in ``used``)
+        self.indices = np.searchsorted(self.used, indices).astype(np.int32)
+        self.local_csr, self.full_csr = (indptr, self.indices, data), (indptr, indices, data)
         self._dense = None
+        _need(all(v in self.kernels for v in self.kernel.values()), f"{self.name}: kernel not available for this op")
 
     @property
     def dense(self) -> np.ndarray:
         """W[:, used] as a dense matrix (built on first use: the file stores CSR only)."""
         if self._dense is None:
             w = np.zeros((self.rows, len(self.used)), F32)
-            row = np.repeat(np.arange(self.rows), np.diff(self.indptr))
-            w[row, self.indices] = self.data
+            w[np.repeat(np.arange(self.rows), np.diff(self.indptr)), self.indices] = self.data
             self._dense = w
         return self._dense
 
     def kernel_for(self, batch: int) -> str:
-        return self.forced or _pick(self.kernel, batch)
+        if self.forced:
+            return self.forced
+        k = self._choice.get(batch)
+        if k is None:
+            k = self._choice[batch] = _pick(self.kernel, batch)
+        return k
 
-    def _product(self, kernel: str, cols2d: np.ndarray, vals: list, n: int, local: bool = True) -> np.ndarray:
-        """bias (+ residual) + W @ cols as a (rows, n) float32 array (the residual's buffer when it is free).
-        ``cols2d`` holds the used columns only (``local``) or every input column."""
-        if self.res is not None:
-            r = vals[self.res].reshape(self.rows, n)
-            if self.res in self.owns:
-                y = r
-                y += self.bias[:, None]
-            else:
-                y = r + self.bias[:, None]
-        else:
+    def _start(self, vals: list, n: int) -> np.ndarray:
+        """A (rows, n) float32 buffer holding bias (+ residual): the residual's own buffer when it is free."""
+        if self.res is None:
             y = np.empty((self.rows, n), F32)
-            y[...] = self.bias[:, None]
-        if self.nnz:
-            if kernel == "csr":
-                csr_accumulate(self.indptr, self.indices if local else self.full_indices, self.data, cols2d, y)
-            else:
-                y += self.dense @ cols2d
-        return _activate(y, self.act)
+            y[...] = self.bias_col
+            return y
+        r = vals[self.res].reshape(self.rows, n)
+        if self.res in self.owns:
+            r += self.bias_col
+            return r
+        return r + self.bias_col
 
 
 class LinearOp(MatOp):
     def __init__(self, spec, tensors):
         super().__init__(spec, tensors)
-        fin, fout = spec["in_features"], spec["out_features"]
-        self._setup(fout, fin, tensors)
+        self._setup(spec["out_features"], spec["in_features"], tensors)
 
     def run(self, vals):
         x = vals[self.ins[0]]  # (F, B)
         n = x.shape[1]
-        kernel = self.kernel_for(n)
-        if kernel == "csr" or self.all_used:  # CSR reads the input rows it needs in place: no gather
-            return self._product(kernel, x, vals, n, local=kernel != "csr")
-        return self._product(kernel, x[self.used], vals, n)
+        y = self._start(vals, n)
+        if self.nnz:
+            if self.kernel_for(n) == "csr":  # reads the input rows it needs in place: no gather
+                self.engine.sparse(self.full_csr, self.rows, self.cols, n, x, y)
+            else:
+                self.engine.dense(self.dense, x if self.all_used else x[self.used], y)
+        return _activate(y, self.act)
 
 
 class Conv2dOp(MatOp):
+    kernels = ("csr", "unrolled", "dense")
+
     def __init__(self, spec, tensors):
         super().__init__(spec, tensors)
         self.cin, self.cout = spec["in_channels"], spec["out_channels"]
@@ -244,20 +311,49 @@ class Conv2dOp(MatOp):
         _need(min(self.stride) >= 1 and min(self.r, self.s) >= 1, f"{self.name}: bad kernel or stride")
         self._setup(self.cout, self.cin * self.r * self.s, tensors)
         self.pointwise = self.r == self.s == 1 and self.stride == (1, 1) and self.pad == (0, 0)
-        uc = self.used // (self.r * self.s)
-        ur = (self.used // self.s) % self.r
-        us = self.used % self.s
-        self._parts = (uc, ur, us)
+        self._parts = (self.used // (self.r * self.s), (self.used // self.s) % self.r, self.used % self.s)
         self._offsets: dict[tuple, tuple[np.ndarray, int]] = {}
+        self._unrolled: dict[tuple, tuple] = {}
+        shape = spec.get("in_shape")
+        if "unrolled" in self.kernel.values() and isinstance(shape, list) and len(shape) == 3:
+            self.unrolled(shape[1], shape[2])  # built at load, not on the first call
 
-    def _gather(self, x: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
-        """The used rows of im2col(x) as a (len(used), Ho*Wo*B) array, and (Ho, Wo, B)."""
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        return (h + 2 * self.pad[0] - self.r) // self.stride[0] + 1, (w + 2 * self.pad[1] - self.s) // self.stride[1] + 1
+
+    def unrolled(self, h: int, w: int) -> tuple:
+        """The conv on an (h, w) input as one CSR matrix from (c, y, x) to (k, ho, wo) (zero padding dropped):
+        applied to the (C*H*W, B) input it is the whole layer, with no gather and no padded copy."""
+        got = self._unrolled.get((h, w))
+        if got is not None:
+            return got
+        ho, wo = self.out_hw(h, w)
+        rows_w = np.repeat(np.arange(self.rows), np.diff(self.indptr))
+        c, r, s = self.full_indices // (self.r * self.s), (self.full_indices // self.s) % self.r, self.full_indices % self.s
+        oy, ox = np.arange(ho), np.arange(wo)
+        iy = oy[None, :, None] * self.stride[0] + r[:, None, None] - self.pad[0]  # (nnz, ho, 1)
+        ix = ox[None, None, :] * self.stride[1] + s[:, None, None] - self.pad[1]  # (nnz, 1, wo)
+        valid = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+        if int(valid.sum()) > UNROLL_MAX_NNZ:
+            raise GemdeployError(f"{self.name}: the unrolled conv would hold {int(valid.sum()):,} entries "
+                                 f"(limit {UNROLL_MAX_NNZ:,})")
+        row = np.broadcast_to((rows_w[:, None, None] * ho + oy[None, :, None]) * wo + ox[None, None, :], valid.shape)[valid]
+        col = np.broadcast_to((c[:, None, None] * h + iy) * w + ix, valid.shape)[valid]
+        val = np.broadcast_to(self.data[:, None, None], valid.shape)[valid]
+        order = np.lexsort((col, row))  # CSR: by output row, then input column (reads nearby input rows together)
+        indptr = np.zeros(self.rows * ho * wo + 1, np.int32)
+        np.cumsum(np.bincount(row, minlength=self.rows * ho * wo), out=indptr[1:])
+        got = (indptr, col[order].astype(np.int32), np.ascontiguousarray(val[order], dtype=F32))
+        self._unrolled[(h, w)] = got
+        return got
+
+    def _gather(self, x: np.ndarray, ho: int, wo: int) -> np.ndarray:
+        """The used rows of im2col(x) as a (len(used), Ho*Wo*B) array."""
         c, h, w, b = x.shape
-        (ph, pw), (sh, sw) = self.pad, self.stride
-        ho, wo = (h + 2 * ph - self.r) // sh + 1, (w + 2 * pw - self.s) // sw + 1
         if self.pointwise:
             cols = x.reshape(c, h * w * b)
-            return (cols if self.all_used else cols[self.used]), (ho, wo, b)
+            return cols if self.all_used else cols[self.used]
+        (ph, pw), (sh, sw) = self.pad, self.stride
         if ph or pw:
             xp = np.zeros((c, h + 2 * ph, w + 2 * pw, b), F32)
             xp[:, ph:ph + h, pw:pw + w] = x
@@ -265,21 +361,31 @@ class Conv2dOp(MatOp):
             xp = x
         hp, wp = xp.shape[1], xp.shape[2]
         key = (hp, wp, b)
-        if key not in self._offsets:
+        got = self._offsets.get(key)
+        if got is None:
             uc, ur, us = self._parts
             off = (uc * (hp * wp * b) + ur * (wp * b) + us * b).astype(np.intp)
-            self._offsets[key] = (off, int(off.max()) + 1 if len(off) else 1)
-        off, span = self._offsets[key]
-        if not len(off):
-            return np.empty((0, ho * wo * b), F32), (ho, wo, b)
+            got = self._offsets[key] = (off, int(off.max()) + 1)
+        off, span = got
         # (offset, Ho, Wo, B) windows over the padded input: window row i starts at element i
         view = np.ndarray((span, ho, wo, b), F32, buffer=xp, strides=(4, sh * wp * b * 4, sw * b * 4, 4))
-        return view[off].reshape(len(off), ho * wo * b), (ho, wo, b)
+        return view[off].reshape(len(off), ho * wo * b)
 
     def run(self, vals):
         x = vals[self.ins[0]]
-        cols, (ho, wo, b) = self._gather(x)
-        return self._product(self.kernel_for(b), cols, vals, ho * wo * b).reshape(self.rows, ho, wo, b)
+        c, h, w, b = x.shape
+        ho, wo = self.out_hw(h, w)
+        n = ho * wo * b
+        y = self._start(vals, n)
+        if self.nnz:
+            kernel = self.kernel_for(b)
+            if kernel == "unrolled":
+                self.engine.sparse(self.unrolled(h, w), self.rows * ho * wo, c * h * w, b, x, y)
+            elif kernel == "csr":
+                self.engine.sparse(self.local_csr, self.rows, len(self.used), n, self._gather(x, ho, wo), y)
+            else:
+                self.engine.dense(self.dense, self._gather(x, ho, wo), y)
+        return _activate(y, self.act).reshape(self.rows, ho, wo, b)
 
 
 class AffineOp(Op):
@@ -474,11 +580,15 @@ class SparseModel:
             reads = [*op.ins, *(() if op.res is None else (op.res,))]
             op.owns = frozenset(s for s in reads if last.get(s) == i and reads.count(s) == 1 and s != self.out_slot)
         self._pool: ThreadPoolExecutor | None = None
+        self._dense_at: dict[int, bool] = {}
         self._torch = None
         if engine == "torch":
             from gemdeploy.sparse_cpu.torch_engine import TorchEngine
 
-            self._torch = TorchEngine(self, tensors, threads)
+            self._torch = TorchEngine(threads)
+            for op in self.ops:
+                if isinstance(op, MatOp):
+                    op.engine = self._torch
 
     # -------------------------------------------------------------- calls
 
@@ -503,22 +613,33 @@ class SparseModel:
             for s in self.free_after[i]:
                 vals[s] = None
         y = vals[self.out_slot]
-        return np.ascontiguousarray(np.moveaxis(y, -1, 0)) if y.ndim > 1 else y
+        return y.T.copy() if y.ndim == 2 else np.ascontiguousarray(y.transpose(3, 0, 1, 2))
 
     def __call__(self, images) -> np.ndarray:
         x = self._check(images)
-        if self._torch is not None:
-            return self._torch(x)
+        if self._torch is not None:  # torch's own threads inside its kernels; the batch is not split
+            return self._torch.call(self.forward_chunk, x)
         b = len(x)
         parts = min(self.threads, b)
-        if parts <= 1:
+        # BLAS (dense kernels only) gets the threads the batch split leaves it: all of them for one chunk, else 1
+        if parts <= 1 and (self.threads == 1 or not self._uses_dense(b)):
             return self.forward_chunk(x)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gemdeploy-sparse")
-        bounds = [round(i * b / parts) for i in range(parts + 1)]
-        futures = [self._pool.submit(self.forward_chunk, x[bounds[i]:bounds[i + 1]]) for i in range(1, parts)]
-        first = self.forward_chunk(x[bounds[0]:bounds[1]])  # this thread works too
-        return np.concatenate([first, *(f.result() for f in futures)])
+        with blas_threads(None if not self._uses_dense(-(-b // parts)) else (self.threads if parts == 1 else 1)):
+            if parts <= 1:
+                return self.forward_chunk(x)
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="gemdeploy-sparse")
+            bounds = [round(i * b / parts) for i in range(parts + 1)]
+            futures = [self._pool.submit(self.forward_chunk, x[bounds[i]:bounds[i + 1]]) for i in range(1, parts)]
+            first = self.forward_chunk(x[bounds[0]:bounds[1]])  # this thread works too
+            return np.concatenate([first, *(f.result() for f in futures)])
+
+    def _uses_dense(self, batch: int) -> bool:
+        got = self._dense_at.get(batch)
+        if got is None:
+            got = self._dense_at[batch] = any(isinstance(op, MatOp) and op.nnz and op.kernel_for(batch) == "dense"
+                                              for op in self.ops)
+        return got
 
     predict = __call__
 
