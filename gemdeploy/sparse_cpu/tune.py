@@ -80,3 +80,16 @@ def force(graph: dict, kernel: str) -> dict:
     """A copy of ``graph`` that runs every layer with one kernel (for comparisons)."""
     return {**graph, "ops": [{**s, "kernel": {"1": kernel}} if s["op"] in ("conv2d", "linear") else s
                              for s in graph["ops"]]}
+
+
+def restrict(graph: dict, kernels: tuple[str, ...]) -> dict:
+    """A copy of a tuned ``graph`` whose layers pick the fastest of ``kernels`` only (from the recorded timings),
+    e.g. ("csr", "unrolled") for "sparse kernels only"."""
+    ops = []
+    for s in graph["ops"]:
+        if s["op"] in ("conv2d", "linear") and s.get("timings_ms"):
+            pick = {b: min((k for k in t if k in kernels), key=t.get) for b, t in s["timings_ms"].items()
+                    if any(k in kernels for k in t)}
+            s = {**s, "kernel": pick or s["kernel"]}
+        ops.append(s)
+    return {**graph, "ops": ops}
