@@ -4,7 +4,8 @@
 
 Mines (or reuses, with --keep) five runs on mnist5k: dense, Gem-Miner at 98.6% unstructured, Gem-Miner
 2:4, Gem-Miner with --pattern channel at 75% channel sparsity, and IMP at 98.6%; exports each (fp32 +
-INT8 Q/DQ), then times them all in ONE `gemdeploy bench` call so every ratio is measured side by side.
+INT8 Q/DQ + sparse-cpu), then times them all in ONE `gemdeploy bench` call so every ratio is measured side by
+side (the sparse-cpu backend's rows included).
 """
 
 from __future__ import annotations
