@@ -66,8 +66,6 @@ def mine_and_export(work: Path, epochs: dict, keep: bool) -> dict[str, Path]:
                               ("dense", ["--method", "dense"])):
             out = work / "runs" / f"{model}-{method}"  # runs/ is git-ignored
             runs[(model, method)] = out
-            if keep and (out / "export" / "model.sparse-cpu.json").is_file():
-                continue
             if not (keep and (out / "summary.json").is_file()):
                 print(f"mining {out.name} ...", flush=True)
                 cli("mine", "--model", model, "--data", "mnist5k", *extra, "--finetune-epochs", f, "--quiet",
@@ -275,7 +273,7 @@ def render(runs: dict, latency: list[dict], sweep: list[dict], threads: list[int
 def main(threads: list[int] = typer.Option([1, 2], help="Thread counts (repeatable)."),
          rounds: int = typer.Option(15, help="Interleaved timing rounds per measurement."),
          lenet_epochs: int = 8, resnet_epochs: int = 1,
-         keep: bool = typer.Option(False, help="Reuse finished, exported runs in the work folder."),
+         keep: bool = typer.Option(False, help="Reuse finished runs in the work folder (they are re-exported)."),
          work: Path = ROOT / "benchmarks" / "results" / "sparse-cpu", write: bool = True) -> None:
     load_start = os.getloadavg()[0]
     work.mkdir(parents=True, exist_ok=True)

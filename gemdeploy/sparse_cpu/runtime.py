@@ -35,6 +35,7 @@ FORMAT_VERSION = 1
 META_KEY = "gemdeploy.sparse_cpu"
 ENGINES = ("numpy", "torch")
 KERNELS = ("csr", "unrolled", "dense")
+MIN_CHUNK_MS = 0.5  # split a batch across threads only into chunks of at least this much (estimated) work
 UNROLL_MAX_NNZ = 8_000_000  # entries (8 bytes each): an unrolled conv above this (64 MB) is not offered
 F32 = np.float32
 
@@ -581,6 +582,7 @@ class SparseModel:
             op.owns = frozenset(s for s in reads if last.get(s) == i and reads.count(s) == 1 and s != self.out_slot)
         self._pool: ThreadPoolExecutor | None = None
         self._dense_at: dict[int, bool] = {}
+        self._ms_per_image = self._estimate_ms_per_image()
         self._torch = None
         if engine == "torch":
             from gemdeploy.sparse_cpu.torch_engine import TorchEngine
@@ -589,6 +591,20 @@ class SparseModel:
             for op in self.ops:
                 if isinstance(op, MatOp):
                     op.engine = self._torch
+
+    def _estimate_ms_per_image(self) -> float | None:
+        """Single-thread milliseconds per image at the largest tuned batch (sum of each layer's chosen kernel)."""
+        total, batch = 0.0, None
+        for spec in self.graph["ops"]:
+            times = spec.get("timings_ms") if isinstance(spec, dict) else None
+            if not isinstance(times, dict) or not times:
+                continue
+            b = max(times, key=int)
+            batch = int(b)
+            t = times[b]
+            k = spec.get("kernel", {}).get(b)
+            total += float(t[k]) if k in t else min(map(float, t.values()))
+        return total / batch if batch else None
 
     # -------------------------------------------------------------- calls
 
@@ -620,11 +636,9 @@ class SparseModel:
         if self._torch is not None:  # torch's own threads inside its kernels; the batch is not split
             return self._torch.call(self.forward_chunk, x)
         b = len(x)
-        parts = min(self.threads, b)
+        parts = self.chunks(b)
         # BLAS (dense kernels only) gets the threads the batch split leaves it: all of them for one chunk, else 1
-        if parts <= 1 and (self.threads == 1 or not self._uses_dense(b)):
-            return self.forward_chunk(x)
-        with blas_threads(None if not self._uses_dense(-(-b // parts)) else (self.threads if parts == 1 else 1)):
+        with blas_threads((self.threads if parts == 1 else 1) if self._uses_dense(-(-b // parts)) else None):
             if parts <= 1:
                 return self.forward_chunk(x)
             if self._pool is None:
@@ -633,6 +647,15 @@ class SparseModel:
             futures = [self._pool.submit(self.forward_chunk, x[bounds[i]:bounds[i + 1]]) for i in range(1, parts)]
             first = self.forward_chunk(x[bounds[0]:bounds[1]])  # this thread works too
             return np.concatenate([first, *(f.result() for f in futures)])
+
+    def chunks(self, batch: int) -> int:
+        """Into how many slices a batch is split across threads: at most ``threads``, and only as many as keep
+        each slice above MIN_CHUNK_MS of single-thread work by the export-time timings (handing a few
+        microseconds of work to another thread costs more than it saves)."""
+        parts = min(self.threads, batch)
+        if parts <= 1 or self._ms_per_image is None:
+            return max(1, parts)
+        return max(1, min(parts, int(batch * self._ms_per_image / MIN_CHUNK_MS)))
 
     def _uses_dense(self, batch: int) -> bool:
         got = self._dense_at.get(batch)

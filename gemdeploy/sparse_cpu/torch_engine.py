@@ -1,7 +1,7 @@
 """The second engine: the same graph and layout, with torch's CPU kernels for the matrix products (MKL's sparse
 CSR x dense via ``addmm_``/``addmv_``, MKL sgemm for dense layers). Everything else (gathers, pooling, ReLU, adds)
 is the numpy code of the default engine, on the same memory (torch.from_numpy shares it). Threads are torch's
-intra-op threads inside each product; the batch is not split. Needs torch; the default engine does not.
+intra-op threads inside each product (set process-wide when the model is loaded); the batch is not split. Needs torch; the default engine does not.
 """
 
 from __future__ import annotations
@@ -19,17 +19,14 @@ class TorchEngine:
 
         self.torch = torch
         self.threads = threads
+        # torch's intra-op threads, process-wide, set once: resizing the pool on every call costs milliseconds
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
         self._csr: dict[int, object] = {}
 
     def call(self, forward, x: np.ndarray) -> np.ndarray:
-        torch = self.torch
-        before = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            with torch.inference_mode():
-                return forward(x)
-        finally:
-            torch.set_num_threads(before)
+        with self.torch.inference_mode():
+            return forward(x)
 
     def _as_csr(self, csr: tuple, rows: int, cols: int):
         key = (id(csr[0]), id(csr[1]), id(csr[2]))

@@ -47,7 +47,7 @@ def _time_kernels(op: MatOp, vals: list, budget_s: float, min_reps: int, max_rep
 
 
 def tune(graph: dict, tensors: dict[str, np.ndarray], images: np.ndarray, batches=DEFAULT_BATCHES,
-         budget_s: float = 0.05, min_reps: int = 3, max_reps: int = 50) -> dict:
+         budget_s: float = 0.1, min_reps: int = 5, max_reps: int = 50) -> dict:
     """Return ``graph`` with every conv/linear op's ``kernel`` and ``timings_ms`` set from measurements.
 
     ``images``: real (N, C, H, W) float32 inputs; a batch larger than N repeats them."""
