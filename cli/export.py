@@ -85,6 +85,8 @@ def print_record(record: dict, console) -> None:
                 check = f"[bold red]{check} > {record['max_int8_drop']:g}[/bold red]"
         elif key == "fp16":
             check = "top-1 agreement >= 99.5%"
+        elif key == "sparse-cpu":
+            check = "own runtime: test split <= 1e-4 x scale"
         else:
             check = "max |diff| <= 1e-4 x scale"
         table.add_row(name, _fmt_acc(acc), _fmt_bytes(nbytes), check)

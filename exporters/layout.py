@@ -2,6 +2,7 @@
 
     model.<precision>.onnx + model.<precision>.json   verified ONNX and its sidecar (source sha256, checks, accuracy)
     model.sparse.onnx + model.sparse.json             fp32 with sparse_initializer storage (ONNX Runtime only)
+    model.sparse-cpu.safetensors + .json              CSR weights + op graph for gemdeploy.sparse_cpu (--precision sparse-cpu)
     engine.<precision>.plan + engine.<precision>.json  TensorRT engines (--trt)
     calib-cache/<sha>-<method>-<samples>.json          INT8 activation ranges (reused)
     export.json                                        the record: source, accuracies, sizes, files
@@ -12,6 +13,7 @@ from gemdeploy.run.layout import EXPORT_DIR  # noqa: F401 - the folder's name in
 
 RECORD = "export.json"
 SPARSE_STORAGE = "model.sparse.onnx"
+SPARSE_CPU = "model.sparse-cpu.safetensors"
 CALIB_CACHE = "calib-cache"
 STAGING_PREFIX = ".staging-"
 

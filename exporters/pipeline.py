@@ -257,6 +257,8 @@ def _build_engines(art: RunArtifacts, out_dir: Path, opts: ExportOptions, record
     cache = Path(opts.timing_cache) if opts.timing_cache else _default_timing_cache()
     engines = {}
     for p in opts.precision:
+        if not PRECISIONS.get(p).file.endswith(".onnx"):
+            continue  # sparse-cpu: a file for gemdeploy's CPU runtime, not for TensorRT
         side = build_engine(out_dir / PRECISIONS.get(p).file, out_dir / layout.engine_file(p),
                             input_shape=art.input_shape, precision=p, sparse=sparse, min_batch=opts.min_batch,
                             opt_batch=opts.opt_batch, max_batch=opts.max_batch, workspace_mib=opts.workspace_mib,

@@ -14,4 +14,6 @@ BACKENDS: Registry = Registry("backend", {
     "onnxruntime-cpu": (f"{_B}.onnxruntime:OrtCpu", "ONNX Runtime, CPUExecutionProvider (every exported precision)"),
     "onnxruntime-cuda": (f"{_B}.onnxruntime:OrtCuda", "ONNX Runtime, CUDAExecutionProvider (onnxruntime-gpu)"),
     "tensorrt": (f"{_B}.tensorrt:TensorRT", "TensorRT engines built by `gemdeploy export --trt`"),
+    "sparse-cpu": (f"{_B}.sparse_cpu:SparseCpu", "gemdeploy's sparse CPU runtime, numpy + scipy (export --precision sparse-cpu)"),
+    "sparse-cpu-torch": (f"{_B}.sparse_cpu:SparseCpuTorch", "the sparse CPU runtime with torch's MKL kernels (opt-in: --backend)"),
 })
