@@ -107,6 +107,7 @@ def launch_torchrun(nproc: int) -> None:
 
 def print_summary(summary: dict, path: Path, json_out: bool) -> None:
     import json
+    import sys
 
     from rich.console import Console
     from rich.table import Table
@@ -138,4 +139,4 @@ def print_summary(summary: dict, path: Path, json_out: bool) -> None:
         table.add_row(k, str(v))
     Console().print(table)
     for warning in summary.get("warnings", []):
-        print(f"WARNING: {warning}")
+        print(f"WARNING: {warning}", file=sys.stderr)

@@ -36,6 +36,7 @@ def test_dense_method_trains_the_unpruned_model(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sparsity"] == 0.0 and summary["target_sparsity"] == 0.0
     assert summary["test_acc"] > 0.8
+    assert summary["warnings"] == []  # a healthy run raises no warning
 
 
 @pytest.mark.slow
@@ -134,3 +135,14 @@ def test_overwrite_of_a_run_removes_only_what_gemdeploy_wrote(tmp_path):
     assert (out / "notes.md").read_text() == "my notes about this run"
     assert not (out / "export").exists()
     assert json.loads((out / ".gemdeploy").read_text())["tool"] == "gemdeploy"
+
+
+def test_a_broken_ticket_ends_with_a_visible_warning(tmp_path):
+    """A random ticket at 0.1% density trained for one epoch on the 8x8 digits: unusable, and the run says so."""
+    out = tmp_path / "broken"
+    proc = cli("mine", "--model", "lenet300", "--data", "digits", "--method", "random", "--sparsity", "0.999",
+               "--epochs", "1", "--finetune-epochs", "1", "--out", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["warnings"] and any("near chance" in w for w in summary["warnings"]), summary["warnings"]
+    assert "WARNING:" in proc.stderr and "near chance" in proc.stderr

@@ -12,6 +12,7 @@ from gemdeploy.data import load_data
 from gemdeploy.data.splits import DataBundle
 from gemdeploy.errors import GemdeployError
 from gemdeploy.mine.context import RunContext
+from gemdeploy.mine.health import ticket_warnings
 from gemdeploy.mine.methods import METHODS
 from gemdeploy.models import build_model
 from gemdeploy.progress import Reporter
@@ -121,6 +122,8 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
         "ticket": {k: v for k, v in ticket_info.items() if k != "time_to_ticket_s"},
         "compaction": compaction,
     }
+    summary["warnings"] = ticket_warnings(summary, mask, data.num_classes, ticket_info.get("mined_val_acc")) \
+        if data.real else []
     run.write_json(layout.SUMMARY, summary)
     return summary
 
