@@ -21,8 +21,8 @@ def compact(
     pattern: Optional[str] = typer.Option(None, help="2:4: project the run's weights to N:M by magnitude, fine-tune "
                                                      "briefly and write the result to --out. Default: compact RUN as it is."),
     nm: str = typer.Option(DEFAULTS.nm, help="N:M used by --pattern 2:4 (kept N of every M input channels)."),
-    finetune_epochs: int = typer.Option(1, help="With --pattern 2:4: fine-tuning epochs after the projection."),
-    round_to: int = typer.Option(DEFAULTS.round_to, help="Keep channel counts multiples of this."),
+    finetune_epochs: int = typer.Option(1, min=0, help="With --pattern 2:4: fine-tuning epochs after the projection."),
+    round_to: int = typer.Option(DEFAULTS.round_to, min=1, help="Keep channel counts multiples of this."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="With --pattern 2:4: the new run directory to write."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing compaction (or --out directory)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (fine-tuning after a projection)."),

@@ -29,7 +29,7 @@ from gemdeploy.mine.methods import METHODS
 from gemdeploy.progress import Reporter
 from gemdeploy.run import layout
 from gemdeploy.run.artifacts import RunArtifacts
-from gemdeploy.run.rundir import RunDir
+from gemdeploy.run.rundir import RunDir, sweep_debris
 from gemdeploy.sparsity.masks import Mask
 from gemdeploy.train.init import initialize
 from gemdeploy.train.loop import Hardware, evaluate
@@ -135,6 +135,9 @@ def run_sanity(path, checks: tuple[str, ...] = CHECKS, *, finetune_epochs: int |
     training = method.ticket_training(ctx)
     mask = art.mask()
     root = art.run.sub(layout.SANITY_DIR)
+    if root.path.is_dir():
+        for folder in [root.path, *[p for p in root.path.iterdir() if p.is_dir()]]:
+            sweep_debris(folder)  # temp files of an interrupted check
     previous = art.run.read_json(layout.SANITY) if art.run.has(layout.SANITY) else {}
     results = dict(previous.get("checks", {})) if isinstance(previous, dict) else {}
     skipped = []
