@@ -52,8 +52,12 @@ def collect() -> dict:
         "bench": {"available": True, "backends": [n for n, b in backends.items() if b["available"]]},
         "sanity": {"available": True, "note": None},
     }
+    from gemdeploy.exporters.precisions import PRECISIONS
+
     info["precisions"] = {
-        "onnx": ["fp32", "fp16", "int8"] if ort_ok else [],  # ORT CPU runs fp16 graphs and Q/DQ INT8
+        # every export precision is verified through ONNX Runtime's fp32 reference (sparse-cpu through its runtime)
+        "export": PRECISIONS.names() if ort_ok else [],
+        "onnx": [p for p in ("fp32", "fp16", "int8") if p in PRECISIONS] if ort_ok else [],
         "tensorrt": ([p for p, need in (("fp32", 0), ("fp16", 5.3), ("int8", 6.1)) if cap >= need] if trt_ok else []),
         "sparse_tensor_cores": bool(trt_ok and cap >= 8.0),
     }
@@ -100,5 +104,5 @@ def doctor(json_out: bool = typer.Option(False, "--json", metavar="", help="Mach
     console.print(env)
     console.print(cmds)
     console.print(back)
-    console.print(f"precisions: ONNX {', '.join(prec['onnx']) or 'none'}; TensorRT {', '.join(prec['tensorrt']) or 'none'}; "
+    console.print(f"export precisions: {', '.join(prec['export']) or 'none'}; TensorRT {', '.join(prec['tensorrt']) or 'none'}; "
                   f"sparse tensor cores: {'yes' if prec['sparse_tensor_cores'] else 'no'}")
