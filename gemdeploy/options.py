@@ -36,13 +36,14 @@ class Spec:
     metavar: str | None = None
     panel: str | None = None  # rich help panel
     kind: str | None = None  # what a choice is called in errors ("model", "data set", ...)
+    parse: Callable[[str], Any] | None = None  # text from the command line -> value (a number or a keyword)
 
 
 def option(default: Any, help: str, *, check: Check | None = None, choices: Callable[[], list[str]] | None = None,
            cli: bool = True, flag: str | None = None, short: str | None = None, metavar: str | None = None,
-           panel: str | None = None, kind: str | None = None) -> Any:
+           panel: str | None = None, kind: str | None = None, parse: Callable[[str], Any] | None = None) -> Any:
     """A dataclass field with its command-line declaration (a list default is copied for every instance)."""
-    spec = Spec(help, check, choices, cli, flag, short, metavar, panel, kind)
+    spec = Spec(help, check, choices, cli, flag, short, metavar, panel, kind, parse)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"spec": spec})
     return field(default=default, metadata={"spec": spec})
@@ -196,10 +197,13 @@ def cli_parameters(cls, *, skip: tuple[str, ...] = (), overrides: dict[str, Any]
             extra.setdefault("metavar", "NAME")
         if tp is bool:
             extra["metavar"] = ""
+        annotation = _cli_annotation(tp)
+        if spec.parse is not None:  # the command line hands over text; `from_cli` parses it
+            annotation = typing.Optional[str]
+            default = None if default is None else str(default)
         opt = typer.Option(default, *names, help=help_text, rich_help_panel=spec.panel, show_default=tp is not bool,
                            **extra)
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt,
-                                        annotation=_cli_annotation(tp)))
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=annotation))
     return params
 
 
@@ -212,7 +216,15 @@ def command(fn: Callable[..., Any], params: list[inspect.Parameter]) -> Callable
 
 def from_cli(cls, values: dict[str, Any], **fixed: Any):
     """An instance of ``cls`` from the parsed command-line ``values`` (extra keys ignored) plus ``fixed``."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if k in names}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if k in fields}
+    for name, value in kwargs.items():
+        spec = spec_of(fields[name])
+        if spec is not None and spec.parse is not None and isinstance(value, str):
+            try:
+                kwargs[name] = spec.parse(value)
+            except ValueError:
+                problem = spec.check(value) if spec.check else "is not valid"
+                raise GemdeployError(f"{flag_name(fields[name])} {problem}, got {value!r}") from None
     kwargs.update(fixed)
     return cls(**kwargs)

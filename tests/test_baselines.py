@@ -260,3 +260,20 @@ def test_imp_on_its_reference_recipe_stays_far_above_chance_at_extreme_sparsity(
     assert summary["test_acc"] > 0.7, summary["test_acc"]  # the handicapped IMP of 0.1 ended near 0.45
     mask = Mask.load(out / "mask.safetensors")
     assert min(int(m.count_nonzero()) for m in mask.values()) > 10  # no layer starved by the init's scale
+
+
+@pytest.mark.slow
+def test_lam_auto_picks_the_best_lambda_on_the_validation_split(tmp_path):
+    out = tmp_path / "auto"
+    cli("mine", "--model", "lenet300", "--data", "digits", "--sparsity", "0.95", "--epochs", "4", "--finetune-epochs",
+        "2", "--lam", "auto", "--quiet", "--out", out, check=True)
+    summary = json.loads((out / "summary.json").read_text())
+    search = summary["ticket"]["lam_search"]
+    assert json.loads((out / "config.json").read_text())["lam"] == "auto"  # what the user asked for
+    assert [r["lam"] for r in search["results"]] == search["grid"]
+    best = max(r["val_acc"] for r in search["results"])
+    chosen = next(r for r in search["results"] if r["lam"] == search["chosen"])
+    assert chosen["val_acc"] == best and summary["ticket"]["lam"] == search["chosen"]
+    # the search is part of finding the ticket: its epochs count
+    assert summary["ticket_epochs"] == 4 + sum(r["epochs"] for r in search["results"])
+    assert all((out / "lam-search" / f"{lam:g}" / "result.json").is_file() for lam in search["grid"])

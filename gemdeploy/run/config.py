@@ -33,6 +33,15 @@ def _nm_check(value: str) -> str | None:
     return None if 0 < n < m else "needs 0 < N < M"
 
 
+def _lam_check(value) -> str | None:
+    ok = value == "auto" or at_least(0)(value) is None
+    return None if ok else "must be a number >= 0 or auto"
+
+
+def _parse_lam(text: str):
+    return "auto" if text.strip().lower() == "auto" else float(text)
+
+
 def _device_check(value: str) -> str | None:
     ok = value in DEVICES or (value.startswith("cuda:") and value[5:].isdigit())
     return None if ok else "must be auto, cpu, cuda or cuda:N"
@@ -60,8 +69,10 @@ class MineConfig:
                                 check=greater_than(0))
     momentum: float = option(0.9, "SGD momentum of mining and fine-tuning.", check=in_range(0, 1, hi_open=True))
     weight_decay: float = option(1e-4, "Fine-tuning weight decay (scores are never decayed).", check=at_least(0))
-    lam: float | None = option(None, "Gem-Miner's L2 score penalty; default: the paper's value for the density "
-                               "(1e-4 at <= 1.5%, 3e-5 at <= 4%, else 1e-5).", check=optional(at_least(0)), panel=_GM)
+    lam: float | str | None = option(None, "Gem-Miner's L2 score penalty; default: the paper's value for the density "
+                                     "(1e-4 at <= 1.5%, 3e-5 at <= 4%, else 1e-5); auto: pick it by short runs on the "
+                                     "validation split.", check=optional(_lam_check), parse=_parse_lam, metavar="LAMBDA",
+                                     panel=_GM)
     freeze_period: int | None = option(None, "Gem-Miner: epochs between freezing rounds (default: 5 per 150 epochs).",
                                        check=optional(at_least(1)), panel=_GM)
     invert_freezing: bool = option(False, "Gem-Miner: freeze the highest |p| first (sanity's invert check).",

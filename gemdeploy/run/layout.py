@@ -11,6 +11,7 @@ A run directory holds everything about one run, as JSON and safetensors (never p
     mask.safetensors       the ticket (1 = kept); ticket.json: how it was found, time to ticket
     scores.safetensors     the method's final scores, where it has them
     imp-levels/            IMP: rewind point and every level's mask, trained weights and accuracy
+    lam-search/<lambda>/   Gem-Miner --lam auto: the short run of each lambda and its result.json
     weights.safetensors    fine-tuned weights (pruned entries exactly zero); finetune.json
     checkpoint-<phase>.safetensors   the last per-epoch checkpoint of the phase in progress (--resume)
     summary.json           the results
@@ -43,6 +44,7 @@ COMPACT_WEIGHTS = "compact.safetensors"
 SANITY = "sanity.json"
 SANITY_DIR = "sanity"
 SANITY_RESULT = "result.json"
+LAM_SEARCH = "lam-search"  # Gem-Miner's --lam auto: one short run per lambda
 EXPORT_DIR = "export"
 BENCH_DIR = "bench"
 
@@ -63,7 +65,7 @@ TEMP_PATTERN = ".*.tmp"
 # What gemdeploy writes at the top of a run directory: `--overwrite` removes these and nothing else.
 OWNED_FILES = (MARKER, CONFIG, MODEL, METRICS, INIT, CHANNEL_MASK, CHANNEL_TICKET, MASK, TICKET, SCORES, WEIGHTS,
                FINETUNE, SUMMARY, COMPACT_RECORD, COMPACT_WEIGHTS, SANITY, "checkpoint-*.safetensors", TEMP_PATTERN)
-OWNED_DIRS = (IMP_LEVELS, SANITY_DIR, EXPORT_DIR, BENCH_DIR, ".staging-*")
+OWNED_DIRS = (IMP_LEVELS, SANITY_DIR, LAM_SEARCH, EXPORT_DIR, BENCH_DIR, ".staging-*")
 
 
 def is_owned(name: str, is_dir: bool) -> bool:

@@ -19,6 +19,9 @@ Patterns (``--pattern``):
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -36,6 +39,7 @@ from gemdeploy.sparsity.nm import nm_eligible_layers, nm_mask_from_scores, parse
 from gemdeploy.train.loop import cosine_lr, maybe_compile, sgd
 
 THRESHOLD = 0.5
+LAM_GRID = (1e-5, 1e-4, 1e-3, 1e-2)  # `--lam auto`: a decade grid around the paper's values (1e-5 .. 1e-4) and above
 
 
 def straight_through_mask(scores: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
@@ -219,6 +223,8 @@ class GemMiner(Method):
     patterns = ("unstructured", "2:4", "channel")
 
     def find_ticket(self, ctx: RunContext) -> Ticket:
+        if ctx.config.lam == "auto":
+            return self._with_searched_lambda(ctx)
         cfg = ctx.config
         gen = generator(cfg.seed, "scores")
         shape = tuple(ctx.data.input_shape)
@@ -247,6 +253,44 @@ class GemMiner(Method):
             info["training_epochs"] += cfg.epochs
         scores = {k: s.detach().clone() for k, s in zip(scored.names, scored.scores)}
         return Ticket(mask.cpu(), {k: v.cpu() for k, v in scores.items()}, info)
+
+    def _with_searched_lambda(self, ctx: RunContext) -> Ticket:
+        """`--lam auto`: short runs on the validation split (a quarter of the mining and of the ticket training, each
+        freezing down to the target) for every lambda of LAM_GRID, as the authors picked lambda by hand with a grid;
+        the best validation accuracy wins (ties: the paper's value). The search counts towards time to ticket."""
+        from gemdeploy.mine.recipes import finetune_recipe, paper_lambda
+        from gemdeploy.train.masked import train_masked
+
+        cfg = ctx.config
+        e_mine, e_train = max(2, cfg.epochs // 4), max(1, cfg.finetune_epochs // 4)
+        paper = paper_lambda(cfg.density)
+        results = []
+        for lam in LAM_GRID:
+            sub = ctx.run.sub(f"{layout.LAM_SEARCH}/{lam:g}")
+            if sub.has(layout.SANITY_RESULT):
+                results.append(sub.read_object(layout.SANITY_RESULT, {"lam": float, "val_acc": float,
+                                                                       "seconds": float, "epochs": int}))
+                continue
+            short = dataclasses.replace(cfg, lam=lam, epochs=e_mine, finetune_epochs=e_train,
+                                        freeze_period=max(1, round(5 * e_mine / 150)))
+            sctx = dataclasses.replace(ctx, config=short, run=sub, resume=True)
+            ticket = self.find_ticket(sctx)
+            clear_checkpoint(sub, "mine")
+            _, trained = train_masked(sctx, ticket.mask, sctx.fresh_model(), phase="finetune", epochs=e_train,
+                                      recipe=finetune_recipe(short), seed=seed_for(cfg.seed, "training-data"),
+                                      batch_size=cfg.batch_size)
+            clear_checkpoint(sub, "finetune")
+            record = {"lam": lam, "val_acc": trained.val.acc, "mined_val_acc": ticket.info["mined_val_acc"],
+                      "seconds": ticket.info["mining_seconds"] + trained.seconds, "epochs": e_mine + e_train}
+            sub.write_json(layout.SANITY_RESULT, record)
+            results.append(record)
+        best = max(results, key=lambda r: (round(r["val_acc"], 4), -abs(math.log10(r["lam"] / paper))))
+        ticket = self.find_ticket(dataclasses.replace(ctx, config=dataclasses.replace(cfg, lam=best["lam"])))
+        ticket.info["lam_search"] = {"grid": list(LAM_GRID), "mining_epochs": e_mine, "training_epochs": e_train,
+                                     "results": results, "chosen": best["lam"]}
+        ticket.info["mining_seconds"] += sum(r["seconds"] for r in results)
+        ticket.info["training_epochs"] += sum(r["epochs"] for r in results)
+        return ticket
 
     def _channel_stage(self, ctx: RunContext, shape: tuple[int, ...]) -> Mask:
         """The channel ticket of ``--channel-sparsity``, kept in the run directory so a resume skips it."""
