@@ -35,7 +35,8 @@ def _mine(**values) -> None:
     import os
 
     out, resume, overwrite = values["out"], values["resume"], values["overwrite"]
-    cfg = None if resume else from_cli(MineConfig, values).validate()  # bad values fail before torch is imported
+    # Bad values (and missing files) fail before torch, or the user's code, is imported.
+    cfg = None if resume else from_cli(MineConfig, values).validate().check_files()
     if values["nproc_per_node"] > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return launch_torchrun(values["nproc_per_node"])
     from gemdeploy.train import distributed as dist

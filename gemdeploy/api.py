@@ -127,7 +127,7 @@ def mine(model: Any, data: Any, out: str | Path, *, init_from: Any = None, resum
                     raise GemdeployError(f"{out} was mined with {key} {recorded[key]}, not {given}")
             run, _ = mine_run(out, None, resume=True, reporter=Reporter(enabled=not quiet))
         else:
-            cfg = MineConfig(model=model_text, data=data_text, init_from=init_text, **options).validate()
+            cfg = MineConfig(model=model_text, data=data_text, init_from=init_text, **options).validate().check_files()
             RunDir.check_new(out, overwrite=overwrite)
             run, _ = mine_run(out, cfg, overwrite=overwrite, reporter=Reporter(enabled=not quiet))
     return Run(run.path, model=model if model_obj is not None else None,

@@ -426,6 +426,12 @@ def test_a_pretrained_init_is_mined_to_a_ticket_and_compacted_exactly(tmp_path, 
     record = json.loads((out / "compact.json").read_text())
     assert record["after"]["params"] < record["before"]["params"]  # channels really removed
     assert record["check"]["max_abs_logit_diff"] <= 1e-4 * record["check"]["logit_scale"]
+    # The run holds its initial weights: later steps never need the --init-from file again.
+    weights.unlink()
+    projected = tmp_path / "ticket-24"
+    cli("compact", out, "--pattern", "2:4", "--out", projected, "--finetune-epochs", "0", "--round-to", "1",
+        "--json", check=True)
+    assert json.loads((projected / "config.json").read_text())["init_sha256"] == config["init_sha256"]
 
 
 # --- torchvision models on an image folder ----------------------------------------------------------------------

@@ -136,14 +136,19 @@ class MineConfig:
         if self.channel_sparsity is not None and (self.pattern == "channel" or self.method != "gem-miner"):
             raise GemdeployError("--channel-sparsity combines a channel ticket with --pattern unstructured or 2:4 "
                                  "(Gem-Miner only); with --pattern channel, --sparsity is the channel fraction")
+        if self.init_from is not None and self.init is not None:
+            raise GemdeployError("--init and --init-from exclude each other: --init-from starts every method from "
+                                 "the given weights")
+        return self
+
+    def check_files(self) -> "MineConfig":
+        """A new run's files are there (cheap, no torch, none of the user's code run): --model/--data factory files
+        and --init-from. A recorded run checks them when it rebuilds (gemdeploy.user_code), with its sha256."""
         for flag, value in (("--model", self.model), ("--data", self.data)):
             problem = user_code.presence_problem(value)
             if problem:
                 raise GemdeployError(f"{flag} {value}: {problem}")
         if self.init_from is not None:
-            if self.init is not None:
-                raise GemdeployError("--init and --init-from exclude each other: --init-from starts every method "
-                                     "from the given weights")
             if not user_code.is_live(self.init_from):
                 if not Path(self.init_from).is_file():
                     raise GemdeployError(f"--init-from: no such file {self.init_from}")
