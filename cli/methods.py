@@ -7,6 +7,16 @@ import typer
 from gemdeploy.cli.errors import friendly_errors
 
 
+# Besides the names: your own model and data (gemdeploy.user_code; README "Your own model").
+OWN = {
+    "models": {"torchvision:NAME": "any torchvision classification model (untrained; e.g. torchvision:resnet18)",
+               "path/to/file.py:FACTORY": "your factory, called with input_shape=(C, H, W) and num_classes",
+               "package.module:FACTORY": "the same, from an importable module"},
+    "data": {"path/to/file.py:FACTORY": "your data: train / val / test as (images, labels) or Datasets",
+             "package.module:FACTORY": "the same, from an importable module"},
+}
+
+
 def catalog() -> dict[str, dict[str, str]]:
     from gemdeploy.bench.backends import BACKENDS
     from gemdeploy.data import DATASETS
@@ -38,5 +48,8 @@ def methods(json_out: bool = typer.Option(False, "--json", metavar="", help="Mac
         table.add_column("what it is")
         for name, summary in entries.items():
             table.add_row(name, summary)
+        if title in OWN:
+            for name, summary in OWN[title].items():
+                table.add_row(name, summary, style="dim")
         console.print(table)
         console.print()

@@ -35,7 +35,8 @@ def _mine(**values) -> None:
     import os
 
     out, resume, overwrite = values["out"], values["resume"], values["overwrite"]
-    cfg = None if resume else from_cli(MineConfig, values).validate()  # bad values fail before torch is imported
+    # Bad values (and missing files) fail before torch, or the user's code, is imported.
+    cfg = None if resume else from_cli(MineConfig, values).validate().check_files()
     if values["nproc_per_node"] > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return launch_torchrun(values["nproc_per_node"])
     from gemdeploy.train import distributed as dist
@@ -56,23 +57,12 @@ mine = command(_mine, cli_parameters(MineConfig) + _OWN)
 
 def run_command(out: Path, cfg: MineConfig | None, *, resume: bool, overwrite: bool, quiet: bool,
                 json_out: bool) -> None:
-    from gemdeploy.mine.pipeline import check_resumable, prepare, run_mine
+    from gemdeploy.mine.pipeline import mine_run
     from gemdeploy.progress import Reporter
-    from gemdeploy.run import layout
-    from gemdeploy.run.rundir import RunDir
     from gemdeploy.train import distributed as dist
 
-    if resume:
-        run = RunDir.create(out, resume=True, overwrite=overwrite)
-        cfg = MineConfig.from_json(run.read_json(layout.CONFIG), str(run / layout.CONFIG))
-        check_resumable(cfg, dist.world_size())
-    prepared = prepare(cfg)  # bad data fails here, before the run directory is touched
-    cfg = cfg.resolve(dist.world_size(), train_size=len(prepared[1].train))
-    if not resume:
-        run = RunDir.create(out, overwrite=overwrite)
-        dist.barrier()  # the other ranks start once rank 0 has made the directory
-    summary = run_mine(cfg, run, resume=resume, reporter=Reporter(enabled=not quiet and dist.is_main()),
-                       prepared=prepared)
+    run, summary = mine_run(out, cfg, resume=resume, overwrite=overwrite,
+                            reporter=Reporter(enabled=not quiet and dist.is_main()))
     if dist.is_main():
         print_summary(summary, run.path, json_out)
     # Leave together: a rank that tears down its process group while another still works (rank 0 compacts

@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -72,7 +73,7 @@ def torch_to_onnx(model: nn.Module, example: torch.Tensor, *, exporter: str = "a
         raise GemdeployError(f"unknown exporter {exporter!r}; choose one of: {', '.join(EXPORTERS)}")
     model = model.eval().cpu()
     example = example[:2].float().cpu()
-    errors = []
+    errors, ops = [], []
     order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
     for name in order:
         try:
@@ -81,8 +82,33 @@ def torch_to_onnx(model: nn.Module, example: torch.Tensor, *, exporter: str = "a
             proto.producer_name = "gemdeploy"
             return proto, name
         except Exception as exc:  # noqa: BLE001 - every exporter failure is reported below
-            errors.append(f"{name}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # the dynamo exporter colors its messages
+            errors.append(f"{name}: {text.splitlines()[0] if text else type(exc).__name__}")
+            ops += [op for op in _failed_ops(exc) if op not in ops]
+    if ops:
+        raise GemdeployError(f"ONNX export failed: no ONNX (opset {opset}) conversion for {', '.join(ops)} in the "
+                             f"model; replace that op (" + "; ".join(errors) + ")")
     raise GemdeployError("ONNX export failed (" + "; ".join(errors) + ")")
+
+
+_OP_PATTERNS = (re.compile(r"operator '(aten::\w+)'"), re.compile(r"translating node .*?target=(?:torch\.ops\.)?(aten\.\w+)"),
+                re.compile(r"[Uu]nsupported.*?(aten[.:]{1,2}\w+)"))
+
+
+def _failed_ops(exc: BaseException) -> list[str]:
+    """The aten ops an exporter says it cannot convert (its message, or the errors that caused it)."""
+    found: list[str] = []
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc)
+        for pattern in _OP_PATTERNS:
+            for match in pattern.findall(text):
+                op = match.replace("aten.", "aten::")
+                if op not in found:
+                    found.append(op)
+        exc = exc.__cause__ or exc.__context__
+    return found
 
 
 def full_check(proto: onnx.ModelProto) -> None:

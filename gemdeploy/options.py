@@ -37,13 +37,17 @@ class Spec:
     panel: str | None = None  # rich help panel
     kind: str | None = None  # what a choice is called in errors ("model", "data set", ...)
     parse: Callable[[str], Any] | None = None  # text from the command line -> value (a number or a keyword)
+    # Values accepted besides the choices (e.g. a `file.py:factory` spec); `check` still runs on them.
+    also: Callable[[Any], bool] | None = None
+    also_help: str | None = None  # how the refusal of an unknown choice names those other forms
 
 
 def option(default: Any, help: str, *, check: Check | None = None, choices: Callable[[], list[str]] | None = None,
            cli: bool = True, flag: str | None = None, short: str | None = None, metavar: str | None = None,
-           panel: str | None = None, kind: str | None = None, parse: Callable[[str], Any] | None = None) -> Any:
+           panel: str | None = None, kind: str | None = None, parse: Callable[[str], Any] | None = None,
+           also: Callable[[Any], bool] | None = None, also_help: str | None = None) -> Any:
     """A dataclass field with its command-line declaration (a list default is copied for every instance)."""
-    spec = Spec(help, check, choices, cli, flag, short, metavar, panel, kind, parse)
+    spec = Spec(help, check, choices, cli, flag, short, metavar, panel, kind, parse, also, also_help)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"spec": spec})
     return field(default=default, metadata={"spec": spec})
@@ -140,9 +144,11 @@ def validate(obj: Any) -> None:
         if spec.choices is not None and value is not None:
             allowed = spec.choices()
             for v in value if isinstance(value, (list, tuple)) else [value]:
-                if v not in allowed:
+                if v not in allowed and not (spec.also is not None and spec.also(v)):
                     kind = spec.kind or flag_name(f)[2:].replace("-", " ")
-                    raise GemdeployError(f"unknown {kind} {v!r} ({flag_name(f)}); choose one of: {', '.join(allowed)}")
+                    more = f"; or {spec.also_help}" if spec.also_help else ""
+                    raise GemdeployError(f"unknown {kind} {v!r} ({flag_name(f)}); choose one of: {', '.join(allowed)}"
+                                         f"{more}")
         if spec.check is not None:
             problem = spec.check(value)
             if problem:

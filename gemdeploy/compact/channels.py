@@ -28,7 +28,9 @@ STRUCTURAL = {tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.RESHAPE, 
 # Element-wise ops (by their autograd function) that map an all-zero channel to an all-zero channel and never mix
 # channels; anything else (a sigmoid maps 0 to 0.5) keeps its group out of compaction.
 ZERO_PRESERVING_GRAD_FNS = ("Relu", "Hardtanh", "Add", "Mean", "MaxPool", "AvgPool", "View", "Reshape", "Flatten",
-                            "TBackward", "Squeeze", "Permute", "Clone", "Contiguous")
+                            "TBackward", "Squeeze", "Permute", "Clone", "Contiguous",
+                            # activations of torchvision's and users' models with f(0) = 0
+                            "Hardswish", "Silu", "Gelu", "LeakyRelu", "Elu", "Tanh", "Mish")
 
 
 def _zero_preserving(op) -> bool:
@@ -130,14 +132,57 @@ def removable_channels(cg: ChannelGroup) -> torch.Tensor:
             if mod.running_mean is None:
                 leak = torch.ones(len(idxs), dtype=torch.bool)  # batch statistics in eval: cannot prove 0 -> 0
             else:
+                # eval maps 0 to weight * (0 - mean) / sqrt(var + eps) + bias: zero when bias is 0 and mean or weight is
                 leak = mod.running_mean.detach()[idxs.to(mod.running_mean.device)] != 0
                 if mod.affine:
+                    leak &= mod.weight.detach()[idxs.to(mod.weight.device)] != 0
                     leak |= mod.bias.detach()[idxs.to(mod.bias.device)] != 0
-            dead &= _per_root(~leak, it.root_idxs, cg.size)
+            dead &= _per_root(~leak.cpu(), it.root_idxs, cg.size)
         elif isinstance(mod, nn.Module) and any(True for _ in mod.parameters(recurse=False)):
             dead[:] = False  # an unknown layer with parameters: claim nothing
             unread[:] = False
     return dead | unread
+
+
+@torch.no_grad()
+def killed_channel_params(model: nn.Module, input_shape: tuple[int, ...], mask: dict[str, torch.Tensor]
+                          ) -> dict[str, torch.Tensor]:
+    """0/1 masks for the parameters that outlive a channel the ticket kills (every producer row of the channel
+    removed): the producers' biases and the affine BatchNorm scale and shift of that channel. Held at zero while
+    the ticket trains, the channel carries exact zeros and compaction removes it (a trained shift would turn it
+    into a constant it must keep). Keyed by parameter name; empty when nothing outlives a killed channel."""
+    has_extra = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine for m in model.modules()) or \
+        any(isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None for m in model.modules())
+    if not has_extra:
+        return {}
+    names = {m: n for n, m in model.named_modules()}
+    out: dict[str, torch.Tensor] = {}
+    for cg in channel_groups(model, build_graph(model, input_shape)):
+        if not cg.producers:
+            continue
+        killed = torch.ones(cg.size, dtype=torch.bool)
+        for weight, rows in cg.producers:
+            gone = (mask[weight].detach().cpu().flatten(1) == 0).all(1)
+            produced = rows >= 0
+            killed[produced] &= gone[rows[produced]]
+        if not killed.any():
+            continue
+        for it in cg.group.items:
+            mod = it.dep.target.module
+            params = []
+            if isinstance(mod, (nn.Conv2d, nn.Linear)) and _is_out(cg.group, it) and mod.bias is not None:
+                params = ["bias"]
+            elif isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.affine:
+                params = ["weight", "bias"]
+            if not params or mod not in names:
+                continue
+            idxs = torch.as_tensor(list(it.idxs), dtype=torch.long)
+            drop = idxs[killed[torch.as_tensor(it.root_idxs, dtype=torch.long)]]
+            for p in params:
+                key = f"{names[mod]}.{p}" if names[mod] else p
+                keep = out.setdefault(key, torch.ones(getattr(mod, p).shape[0]))
+                keep[drop] = 0.0
+    return out
 
 
 def round_removal(removable: torch.Tensor, round_to: int) -> list[int]:

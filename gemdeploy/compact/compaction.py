@@ -11,6 +11,7 @@ compact.safetensors: no pickles. In eval mode it computes the same logits as the
 from __future__ import annotations
 
 import copy
+import math
 import time
 
 import torch
@@ -21,12 +22,12 @@ from gemdeploy.run.artifacts import RunArtifacts
 from gemdeploy.compact.channels import compact_channels, replay_steps
 from gemdeploy.errors import GemdeployError
 from gemdeploy.sparsity.masks import PRUNABLE_TYPES
-from gemdeploy.models import build_model
 from gemdeploy.sparsity.nm import nm_eligible_layers, parse_nm, satisfies_nm
 from gemdeploy.compact.sparse_store import load_sparse, save_sparse
 
 RECORD, WEIGHTS = layout.COMPACT_RECORD, layout.COMPACT_WEIGHTS
 RECORD_VERSION = 1
+EXACT_REL_TOL = 1e-4  # the compacted model's logits stay within this x the largest |logit| (fp32 summation order)
 
 
 def compact_model(model: nn.Module, input_shape: tuple[int, ...], round_to: int,
@@ -114,6 +115,12 @@ def compact_run(artifacts: RunArtifacts, round_to: int) -> dict:
     keep_nm = (n, m) if artifacts.config.pattern == "2:4" else None
     compacted, steps = compact_model(model, shape, round_to, keep_nm)
     diff, scale = _max_logit_diff(model, compacted, shape)
+    tolerance = EXACT_REL_TOL * max(scale, 1e-6)
+    if not math.isfinite(diff) or diff > tolerance:
+        # Only channels proven to carry zeros (or never read) go; a model where that proof fails is not written.
+        raise GemdeployError(f"compacting {artifacts.config.model} changed its logits by {diff:.3g} (more than "
+                             f"{tolerance:.3g}); nothing written: one of its layers does not map a zero channel to "
+                             "zero (please report it with the model)")
     save_sparse(run / WEIGHTS, compacted.state_dict())
     dense_bytes = (run / layout.WEIGHTS).stat().st_size
     record = {
@@ -143,7 +150,7 @@ def load_compacted_model(artifacts: RunArtifacts) -> nn.Module:
     """The compacted model of a run, rebuilt from model.json + compact.json + compact.safetensors, in eval mode."""
     record = load_record(artifacts)
     shape = tuple(artifacts.input_shape)
-    model = build_model(artifacts.config.model, shape, artifacts.num_classes).eval()
+    model = artifacts.architecture().eval()
     try:
         replay_steps(model, shape, record["steps"])
     except (KeyError, IndexError, ValueError, TypeError) as exc:

@@ -52,7 +52,7 @@ def project_run(source: str | Path, out: str | Path, *, nm: str, finetune_epochs
     cfg = dataclasses.replace(src.config, pattern="2:4", nm=f"{n}:{m}", finetune_epochs=finetune_epochs,
                               round_to=round_to, device=device or src.config.device,
                               projected_from=str(Path(source).resolve())).resolve(src.config.world_size)
-    hw, data = prepare(cfg)
+    hw, data = prepare(cfg, init_needed=False)  # the source run's initial weights are copied
 
     run = RunDir.create(out, overwrite=overwrite, description="run (projected to N:M)")
     init = src.run.load_tensors(layout.INIT)

@@ -1,6 +1,7 @@
 """Data sets by name (the `--data` choices). Small sets (the offline digits, CIFAR, synthetic) live on the
 training device as uint8 tensors; folder sets at ImageNet scale stream through a DataLoader
-(gemdeploy.data.splits). Every split is deterministic given (seed, epoch)."""
+(gemdeploy.data.splits). Every split is deterministic given (seed, epoch). A user's own data (a factory in a
+file or module, or objects given to gemdeploy.api) becomes the same kind of bundle (gemdeploy.data.user)."""
 
 from __future__ import annotations
 
@@ -24,5 +25,24 @@ DATASETS: Registry = Registry("data set", {
 })
 
 
-def load_data(name: str, data_dir: str | Path | None = None, download: bool = False) -> "DataBundle":
-    return DATASETS.get(name)(data_dir=Path(data_dir) if data_dir else None, download=download)
+def load_data(name: str, data_dir: str | Path | None = None, download: bool = False, *, sha256: str | None = None,
+              image_size: int | None = None) -> "DataBundle":
+    """A data set by built-in name, or a user's own (``file.py:make_data``, ``package.module:make_data``,
+    ``python:NAME`` from gemdeploy.api: gemdeploy.data.user), its defining file checked against ``sha256``."""
+    from gemdeploy.user_code import is_spec
+
+    folder = Path(data_dir) if data_dir else None
+    if is_spec(name):
+        from gemdeploy.data.user import load_user_data
+
+        return load_user_data(name, folder, sha256)
+    loader = DATASETS.get(name)
+    if name == "imagefolder" and image_size is not None:
+        return loader(data_dir=folder, download=download, image_size=image_size)
+    return loader(data_dir=folder, download=download)
+
+
+def data_for(config, *, download: bool = False) -> "DataBundle":
+    """The data of a run configuration (a MineConfig), its recorded source file checked."""
+    return load_data(config.data, config.data_dir, download, sha256=getattr(config, "data_sha256", None),
+                     image_size=getattr(config, "image_size", None))

@@ -34,7 +34,8 @@ class Split(Protocol):
 
 @dataclass
 class TensorSplit:
-    """Images as uint8 [N, C, H, W] and int64 labels, kept on the device."""
+    """Images as uint8 [N, C, H, W] (or, with ``normalize=False``, float images used as they are) and int64 labels,
+    kept on the device."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -44,13 +45,14 @@ class TensorSplit:
     flip: bool = False  # random horizontal flip when training
     channels_last: bool = False
     virtual_length: int | None = None  # synthetic data: a small pool stands in for a large split
+    normalize: bool = True  # False: float images the user gave, fed to the model exactly as they are
 
     def __len__(self) -> int:
         return self.virtual_length or len(self.labels)
 
     def to(self, device: torch.device, channels_last: bool = False) -> "TensorSplit":
         return TensorSplit(self.images.to(device), self.labels.to(device), self.mean.to(device), self.std.to(device),
-                           self.crop_padding, self.flip, channels_last, self.virtual_length)
+                           self.crop_padding, self.flip, channels_last, self.virtual_length, self.normalize)
 
     def order(self, epoch: int, train: bool, seed: int, rank: int, world_size: int) -> torch.Tensor:
         n = len(self)
@@ -92,7 +94,7 @@ class TensorSplit:
         return x
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float().div_(255.0) - self.mean) / self.std
+        x = (x.float().div_(255.0) - self.mean) / self.std if self.normalize else x.float()
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 

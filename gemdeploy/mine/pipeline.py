@@ -8,40 +8,78 @@ import time
 
 import torch
 
-from gemdeploy.data import load_data
+from pathlib import Path
+
+from gemdeploy.data import data_for
 from gemdeploy.data.splits import DataBundle
 from gemdeploy.errors import GemdeployError
 from gemdeploy.mine.context import RunContext
 from gemdeploy.mine.health import ticket_warnings
 from gemdeploy.mine.methods import METHODS
-from gemdeploy.models import build_model
+from gemdeploy.models import model_for
+from gemdeploy.models.user import check_model
 from gemdeploy.progress import Reporter
 from gemdeploy.run import layout
 from gemdeploy.run.config import MineConfig
 from gemdeploy.run.rundir import RunDir
 from gemdeploy.sparsity.masks import Mask
 from gemdeploy.train import distributed as dist
-from gemdeploy.train.init import initialize
+from gemdeploy.train.init import given_weights, initialize
 from gemdeploy.train.loop import Hardware, evaluate
 from gemdeploy.train.masked import train_masked
 from gemdeploy.train.phase import clear_checkpoint
 from gemdeploy.train.seeds import seed_for
+from gemdeploy.user_code import is_live, is_spec
 
 
-def prepare(cfg: MineConfig) -> tuple[Hardware, DataBundle]:
-    """Load the data onto the device: everything that can fail on bad input, before the run directory is touched."""
+def prepare(cfg: MineConfig, *, init_needed: bool = True) -> tuple[Hardware, DataBundle]:
+    """Load the data onto the device: everything that can fail on bad input, before the run directory is touched
+    (a user's model is built and tried on the data's shape, and --init-from weights are checked against it unless
+    the run already holds its initial weights: ``init_needed=False``)."""
     hw = Hardware.resolve(cfg.device, cfg.compile)
-    return hw, load_data(cfg.data, cfg.data_dir, cfg.download).to(hw.device, hw.channels_last)
+    data = data_for(cfg, download=cfg.download)
+    check_init = init_needed and cfg.init_from is not None
+    if is_spec(cfg.model) or check_init:
+        model = model_for(cfg, data.input_shape, data.num_classes)
+        if check_init:
+            given_weights(cfg.init_from, cfg.init_sha256, model, cfg.model)
+        if is_spec(cfg.model):
+            check_model(model, data.input_shape, data.num_classes, cfg.model)
+    return hw, data.to(hw.device, hw.channels_last)
 
 
 def initial_state(cfg: MineConfig, run: RunDir, data: DataBundle) -> dict[str, torch.Tensor]:
+    """The weights every method starts from: the --init-from weights, else the method's reference init (seeded)."""
     if run.has(layout.INIT):
         return run.load_tensors(layout.INIT)
     torch.manual_seed(seed_for(cfg.seed, "init"))
-    model = initialize(build_model(cfg.model, data.input_shape, data.num_classes), cfg.init)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model = model_for(cfg, data.input_shape, data.num_classes)
+    if cfg.init_from is not None:
+        state = given_weights(cfg.init_from, cfg.init_sha256, model, cfg.model)
+    else:
+        state = {k: v.clone() for k, v in initialize(model, cfg.init).state_dict().items()}
     run.save_tensors(layout.INIT, state)
     return state
+
+
+def mine_run(out, cfg: MineConfig | None, *, resume: bool = False, overwrite: bool = False,
+             reporter: Reporter | None = None) -> tuple[RunDir, dict]:
+    """`gemdeploy mine` without the printing: a new run of ``cfg`` in ``out`` (validated), or the run in ``out``
+    resumed from its config.json; returns (run directory, summary)."""
+    if resume:
+        run = RunDir.create(out, resume=True, overwrite=overwrite)
+        cfg = MineConfig.from_json(run.read_json(layout.CONFIG), str(run / layout.CONFIG))
+        check_resumable(cfg, dist.world_size())
+    elif cfg is None:
+        raise ValueError("a new run needs a configuration")
+    # Bad data or a bad model fails here, before the run directory is touched.
+    prepared = prepare(cfg, init_needed=not (resume and run.has(layout.INIT)))
+    cfg = cfg.resolve(dist.world_size(), train_size=len(prepared[1].train))
+    if not resume:
+        run = RunDir.create(out, overwrite=overwrite)
+        dist.barrier()  # the other ranks start once rank 0 has made the directory
+    summary = run_mine(cfg, run, resume=resume, reporter=reporter, prepared=prepared)
+    return run, summary
 
 
 def check_resumable(saved: MineConfig, world_size: int) -> None:
@@ -94,7 +132,9 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
     reporter = reporter or Reporter(enabled=dist.is_main())
     run.write_json(layout.CONFIG, cfg.to_json())
     run.write_json(layout.MODEL, {"model": cfg.model, "input_shape": list(data.input_shape),
-                                  "num_classes": data.num_classes, "affine_bn": False})
+                                  "num_classes": data.num_classes,
+                                  # a user's model keeps its BatchNorm as it defines it
+                                  "affine_bn": None if is_spec(cfg.model) else False})
     ctx = RunContext(cfg, data, hw, run, reporter, initial_state(cfg, run, data), resume=resume)
     method = METHODS.get(cfg.method)()
     try:
@@ -108,7 +148,8 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
     target = 0.0 if cfg.method == "dense" else cfg.sparsity
     summary = {
         "method": cfg.method, "model": cfg.model, "data": cfg.data, "pattern": cfg.pattern, "seed": cfg.seed,
-        "init": cfg.init, "target_sparsity": target, "sparsity": mask.sparsity(), "density": mask.density(),
+        "init": cfg.init or f"weights {Path(cfg.init_from).name if not is_live(cfg.init_from) else 'given'}",
+        "init_from": cfg.init_from, "init_sha256": cfg.init_sha256, "target_sparsity": target, "sparsity": mask.sparsity(), "density": mask.density(),
         "kept_weights": mask.num_kept(), "prunable_weights": mask.num_total(),
         "test_acc": test.acc if data.real else None, "val_acc": ft_info["val_acc"] if data.real else None,
         "synthetic_data": not data.real,

@@ -1,6 +1,7 @@
 """Architectures by name (the `--model` choices). Every factory takes the data set's input shape (C, H, W),
 its class count and whether BatchNorm has learnable affine parameters (Gem-Miner mines with non-affine
-BatchNorm, so a dead channel outputs exactly zero)."""
+BatchNorm, so a dead channel outputs exactly zero). A user's own model (a factory in a file or module, a
+torchvision name, an nn.Module given to gemdeploy.api) is built by gemdeploy.models.user."""
 
 from __future__ import annotations
 
@@ -27,6 +28,22 @@ MODELS: Registry[ModelFactory] = Registry("model", {
 })
 
 
-def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, affine_bn: bool = False) -> "nn.Module":
+def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, affine_bn: bool = False, *,
+                sha256: str | None = None) -> "nn.Module":
+    """A fresh network: a built-in name, or a spec (``file.py:factory``, ``package.module:factory``,
+    ``torchvision:name``, ``python:NAME`` from gemdeploy.api; see gemdeploy.user_code) whose defining file is
+    checked against ``sha256`` when a run recorded one. ``affine_bn`` applies to the built-in models only: a user's
+    model keeps its BatchNorm as it defines it."""
+    from gemdeploy.user_code import is_spec
+
+    if is_spec(name):
+        from gemdeploy.models.user import build_user_model
+
+        return build_user_model(name, tuple(input_shape), num_classes, sha256)
     factory = MODELS.get(name)
     return factory(input_shape=tuple(input_shape), num_classes=num_classes, affine_bn=affine_bn)
+
+
+def model_for(config, input_shape: tuple[int, int, int], num_classes: int) -> "nn.Module":
+    """The network of a run configuration (a MineConfig): its model, its recorded source file checked."""
+    return build_model(config.model, input_shape, num_classes, sha256=getattr(config, "model_sha256", None))

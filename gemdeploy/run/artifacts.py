@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gemdeploy.errors import GemdeployError
-from gemdeploy.models import build_model
+from gemdeploy.models import model_for
 from gemdeploy.run import layout
 from gemdeploy.run.config import MineConfig
 from gemdeploy.run.rundir import RunDir
@@ -40,7 +40,11 @@ class RunArtifacts:
         return cls(run, config, tuple(shape), int(info["num_classes"]))
 
     def architecture(self) -> nn.Module:
-        return build_model(self.config.model, self.input_shape, self.num_classes)
+        """The run's network, freshly built (a user's factory file checked against the sha256 the run recorded)."""
+        try:
+            return model_for(self.config, self.input_shape, self.num_classes)
+        except GemdeployError as exc:
+            raise GemdeployError(_for_run(str(exc), self.run.path)) from None
 
     def _load_into(self, model: nn.Module, name: str) -> nn.Module:
         try:
@@ -82,6 +86,14 @@ class RunArtifacts:
         return self.run.read_object(layout.SUMMARY, SUMMARY_SCHEMA)
 
     def data(self, device: torch.device | str = "cpu"):
-        from gemdeploy.data import load_data
+        from gemdeploy.data import data_for
 
-        return load_data(self.config.data, self.config.data_dir, False).to(torch.device(device))
+        try:
+            return data_for(self.config).to(torch.device(device))
+        except GemdeployError as exc:
+            raise GemdeployError(_for_run(str(exc), self.run.path)) from None
+
+
+def _for_run(message: str, path: Path) -> str:
+    """Name the run in the refusal of an object gemdeploy.api was given (it has the path the user needs)."""
+    return message.replace("open_run(RUN,", f"open_run({str(path)!r},")

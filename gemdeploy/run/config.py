@@ -11,6 +11,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from pathlib import Path
+
+from gemdeploy import user_code
 from gemdeploy.data import DATASETS
 from gemdeploy.errors import GemdeployError
 from gemdeploy.mine.methods import METHODS
@@ -47,10 +50,32 @@ def _device_check(value: str) -> str | None:
     return None if ok else "must be auto, cpu, cuda or cuda:N"
 
 
+def init_weights_sha256(init_from: str | None) -> str | None:
+    """sha256 of the --init-from file (of the safetensors encoding, for weights given to gemdeploy.api)."""
+    if init_from is None:
+        return None
+    if user_code.is_live(init_from):
+        from gemdeploy.train.init import live_init_state, state_sha256
+
+        return state_sha256(live_init_state(init_from))
+    return user_code.file_sha256(init_from)
+
+
 @dataclass(frozen=True)
 class MineConfig:
-    model: str = option("resnet20", "Architecture (`gemdeploy methods` describes each).", choices=MODELS.names, kind="model")
-    data: str = option("cifar10", "Data set.", choices=DATASETS.names, kind="data set")
+    model: str = option("resnet20", "Architecture: a built-in name (`gemdeploy methods` describes each), "
+                        "torchvision:NAME (any torchvision classification model, untrained), or your own factory "
+                        "path/to/file.py:FUNCTION or package.module:FUNCTION, called with input_shape=(C, H, W) and "
+                        "num_classes (the file is executed).", choices=MODELS.names, kind="model",
+                        also=user_code.is_spec, also_help=user_code.MODEL_FORMS,
+                        check=lambda v: user_code.syntax_problem(v, torchvision=True))
+    data: str = option("cifar10", "Data set: a built-in name, or your own path/to/file.py:FUNCTION or "
+                       "package.module:FUNCTION returning train / val / test (images, labels) or Datasets (see the "
+                       "README).", choices=DATASETS.names, kind="data set", also=user_code.is_spec,
+                       also_help=user_code.DATA_FORMS, check=lambda v: user_code.syntax_problem(v, torchvision=False))
+    init_from: str | None = option(None, "Start every method from these weights (a safetensors state dict of the "
+                                   "model, e.g. a pre-trained network) instead of a fresh initialization; their "
+                                   "sha256 is recorded.", metavar="FILE")
     method: str = option("gem-miner", "Ticket-finding method.", choices=METHODS.names, kind="method")
     sparsity: float = option(0.986, "Fraction of prunable weights removed, in [0, 1): 0.986 keeps 1.4%.",
                              check=in_range(0, 1, hi_open=True))
@@ -100,11 +125,17 @@ class MineConfig:
     seed: int = option(0, "Random seed (runs are deterministic on CPU).")
     device: str = option("auto", "auto, cpu, cuda or cuda:N.", check=_device_check)
     compile: bool = option(False, "torch.compile the training step.")
-    data_dir: str | None = option(None, "Where cifar10 / cifar100 / imagefolder data lives.")
+    data_dir: str | None = option(None, "Where cifar10 / cifar100 / imagefolder data lives (also passed to your "
+                                  "data factory when it takes data_dir).")
+    image_size: int | None = option(None, "imagefolder: the side images are resized and cropped to (default 224).",
+                                    check=optional(at_least(8)))
     download: bool = option(False, "Let torchvision download CIFAR into --data-dir.")
     round_to: int = option(8, "Compaction keeps channel counts multiples of this.", check=at_least(1))
     world_size: int = option(1, "Data-parallel processes the run uses.", cli=False, check=at_least(1))
     projected_from: str | None = option(None, "The run this one was projected from (compact --pattern 2:4).", cli=False)
+    model_sha256: str | None = option(None, "sha256 of the file defining --model's factory.", cli=False)
+    data_sha256: str | None = option(None, "sha256 of the file defining --data's factory.", cli=False)
+    init_sha256: str | None = option(None, "sha256 of the --init-from weights.", cli=False)
 
     @property
     def density(self) -> float:
@@ -116,6 +147,26 @@ class MineConfig:
         if self.channel_sparsity is not None and (self.pattern == "channel" or self.method != "gem-miner"):
             raise GemdeployError("--channel-sparsity combines a channel ticket with --pattern unstructured or 2:4 "
                                  "(Gem-Miner only); with --pattern channel, --sparsity is the channel fraction")
+        if self.init_from is not None and self.init is not None:
+            raise GemdeployError("--init and --init-from exclude each other: --init-from starts every method from "
+                                 "the given weights")
+        return self
+
+    def check_files(self) -> "MineConfig":
+        """A new run's files are there (cheap, no torch, none of the user's code run): --model/--data factory files
+        and --init-from. A recorded run checks them when it rebuilds (gemdeploy.user_code), with its sha256."""
+        for flag, value in (("--model", self.model), ("--data", self.data)):
+            problem = user_code.presence_problem(value)
+            if problem:
+                raise GemdeployError(f"{flag} {value}: {problem}")
+        if self.init_from is not None:
+            if not user_code.is_live(self.init_from):
+                if not Path(self.init_from).is_file():
+                    raise GemdeployError(f"--init-from: no such file {self.init_from}")
+                if Path(self.init_from).suffix.lower() in (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".tar"):
+                    raise GemdeployError(f"--init-from takes a safetensors file (gemdeploy never unpickles {self.init_from}); "
+                                         "convert it once with safetensors.torch.save_file(model.state_dict(), "
+                                         "'weights.safetensors')")
         return self
 
     def resolve(self, world_size: int = 1, train_size: int | None = None) -> "MineConfig":
@@ -131,7 +182,14 @@ class MineConfig:
         ref = imp_reference(self.model)
         return dataclasses.replace(
             self,
-            init=self.init or method.default_init,
+            # Your own model's factory and weights are pinned: a later rebuild refuses a file that moved or changed.
+            model=user_code.absolute(self.model), data=user_code.absolute(self.data),
+            model_sha256=self.model_sha256 or user_code.source_sha256(self.model),
+            data_sha256=self.data_sha256 or user_code.source_sha256(self.data),
+            init_from=(self.init_from if self.init_from is None or user_code.is_live(self.init_from)
+                       else str(Path(self.init_from).resolve())),
+            init_sha256=self.init_sha256 or init_weights_sha256(self.init_from),
+            init=None if self.init_from is not None else self.init or method.default_init,
             lam=paper_lambda(self.density) if self.lam is None else self.lam,
             freeze_period=self.freeze_period or max(1, round(5 * self.epochs / 150)),
             imp_lr=ref.recipe.lr if self.imp_lr is None else self.imp_lr,

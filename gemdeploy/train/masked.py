@@ -17,21 +17,27 @@ from gemdeploy.sparsity.masks import Mask, prunable_weights
 from gemdeploy.train import distributed as dist
 from gemdeploy.train.loop import Recipe, maybe_compile
 from gemdeploy.train.phase import Phase, PhaseResult, run_phase
+from gemdeploy.user_code import is_spec
 
 
 class MaskedModel:
-    """Keeps ``mask`` applied to ``model``'s prunable weights through training."""
+    """Keeps ``mask`` applied to ``model``'s prunable weights through training (and, with ``extra``, to other
+    parameters: the biases and BatchNorm affine parameters of channels the ticket kills, see
+    gemdeploy.compact.channels.killed_channel_params)."""
 
-    def __init__(self, model: nn.Module, mask: Mask):
+    def __init__(self, model: nn.Module, mask: Mask, extra: dict[str, torch.Tensor] | None = None):
         try:
             mask.check_matches(model)
         except ValueError as exc:
             raise GemdeployError(f"the ticket does not fit the model: {exc}") from None
         self.model = model
-        self.weights = prunable_weights(model)
-        self.mask = mask.to(next(model.parameters()).device)
+        device = next(model.parameters()).device
+        params = dict(model.named_parameters())
+        self.weights = {**prunable_weights(model), **{k: params[k] for k in (extra or {})}}
+        self.mask = Mask({**mask, **(extra or {})}).to(device)
         self.enforce()
-        self._hooks = [w.register_hook(lambda g, m=self.mask[k]: g * m.to(g.dtype)) for k, w in self.weights.items()]
+        self._hooks = [w.register_hook(lambda g, m=self.mask[k]: g * m.to(g.dtype)) for k, w in self.weights.items()
+                       if w.requires_grad]
 
     @torch.no_grad()
     def enforce(self) -> None:
@@ -56,7 +62,14 @@ def train_masked(ctx: Any, mask: Mask, model: nn.Module, *, phase: str, epochs: 
                  batch_size: int, fixed: dict | None = None) -> tuple[nn.Module, PhaseResult]:
     """Train ``model`` (on the device, at its starting weights) with ``mask`` fixed, checkpointed every epoch
     under ``phase``. Returns the model in eval mode and the phase's result (validation, seconds)."""
-    masked = MaskedModel(model, mask)
+    extra = None
+    if is_spec(ctx.config.model):
+        # A user's model may carry biases and affine BatchNorm (the built-in models have neither where a channel
+        # can die): a channel the ticket kills loses them too, so compaction can remove it.
+        from gemdeploy.compact.channels import killed_channel_params
+
+        extra = killed_channel_params(model, tuple(ctx.data.input_shape), mask)
+    masked = MaskedModel(model, mask, extra)
     density = mask.density()
     result = run_phase(ctx, Phase(
         name=phase, epochs=epochs, module=model, optimizer=recipe.optimizer(model.parameters()),
