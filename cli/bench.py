@@ -38,6 +38,10 @@ def _bench(run: Path, **values) -> None:
     from gemdeploy.run.rundir import check_output_dir
 
     opts = from_cli(BenchOptions, values).resolve()
+    from gemdeploy.run.rundir import RunDir
+
+    for path in [run, *values["against"]]:
+        RunDir.open(path)  # a wrong path fails at once, before torch is imported
     out = check_output_dir(values["out"] or run / layout.BENCH_DIR, "bench folder")
     if out.exists() and any(out.iterdir()) and not values["overwrite"]:
         raise GemdeployError(f"{out} already holds a report; pass --overwrite to replace it or --out to write elsewhere")

@@ -31,6 +31,9 @@ _TAIL = [
 def _export(run: Path, **values) -> None:
     """Export a run's ticket to verified ONNX (fp32/fp16/INT8) and, with --trt, TensorRT engines."""
     opts = from_cli(ExportOptions, values).resolve()  # bad options fail before anything heavy is imported
+    from gemdeploy.run.rundir import RunDir, check_output_dir
+
+    check_output_dir(RunDir.open(run).path / "export", "export folder")  # so does a wrong RUN
 
     from rich.console import Console
 

@@ -37,6 +37,10 @@ def _mine(**values) -> None:
     out, resume, overwrite = values["out"], values["resume"], values["overwrite"]
     # Bad values (and missing files) fail before torch, or the user's code, is imported.
     cfg = None if resume else from_cli(MineConfig, values).validate().check_files()
+    if not resume and int(os.environ.get("RANK", "0")) == 0:
+        from gemdeploy.run.rundir import RunDir
+
+        RunDir.check_new(out, overwrite=overwrite)  # an existing or impossible --out fails before torch is imported
     if values["nproc_per_node"] > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return launch_torchrun(values["nproc_per_node"])
     from gemdeploy.train import distributed as dist

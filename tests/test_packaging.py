@@ -62,14 +62,16 @@ def test_bench_and_doctor_run_from_the_installed_wheel(installed):
 
 
 def test_help_and_refusals_import_neither_torch_nor_onnxruntime():
-    """Start-up stays light: --help, methods, --version and a refused bad value never load the heavy stacks."""
+    """Start-up stays light: --help, methods, --version, a refused bad value, a wrong RUN and an existing --out
+    (the repository itself here) never load the heavy stacks."""
     code = ("import sys, contextlib, io; from gemdeploy.cli.app import main\n"
-            "for argv in (['--help'], ['mine', '-h'], ['--version'], ['mine', '--sparsity', '2', '--out', 'x'],"
-            " ['export', 'x', '-p', 'int9']):\n"
+            "for argv in (['--help'], ['mine', '-h'], ['--version'], ['methods'], ['mine', '--sparsity', '2', '--out', 'x'],"
+            " ['export', 'x', '-p', 'int9'], ['export', '/nonexistent'], ['bench', '/nonexistent'],"
+            " ['mine', '--model', 'lenet300', '--out', sys.argv[1]]):\n"
             "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
             "        try: main(argv)\n"
             "        except SystemExit: pass\n"
             "heavy = [m for m in ('torch', 'onnxruntime', 'onnx', 'torch_pruning') if m in sys.modules]\n"
             "assert not heavy, heavy")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

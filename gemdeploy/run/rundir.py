@@ -15,12 +15,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from gemdeploy.errors import GemdeployError
 from gemdeploy.run import layout
+
+if TYPE_CHECKING:  # torch and safetensors load only when tensors are written or read: `open` stays instant
+    import torch
 
 
 def _umask() -> int:
@@ -108,6 +109,8 @@ def read_object(path: str | Path, schema: dict[str, type | tuple[type, ...]]) ->
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
     path = Path(path)
     _check_parent(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,6 +124,9 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
 
 
 def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     path = Path(path)
     if not path.is_file():
         raise GemdeployError(f"missing file {path}")
@@ -131,7 +137,7 @@ def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[s
 
 
 def load_metadata(path: str | Path) -> dict[str, str]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -276,6 +282,8 @@ class RunDir:
             save_tensors(self.path / name, tensors, metadata)
 
     def save_mask(self, name: str, mask: dict[str, torch.Tensor]) -> None:
+        import torch
+
         self.save_tensors(name, {k: v.to(torch.uint8) for k, v in mask.items()})
 
     def copy_in(self, source: Path, name: str) -> None:
