@@ -51,10 +51,15 @@ app.command("doctor")(doctor)
 app.command("methods")(methods)
 
 
+ARGV: list[str] = []  # the arguments of the command being run (report.md quotes them)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; a usage error (unknown option, bad value) is one line on stderr, like every other error."""
     from typer._click import exceptions as click_exc  # typer vendors click
 
+    global ARGV
+    ARGV = list(sys.argv[1:] if argv is None else argv)
     try:
         rv = app(args=argv, standalone_mode=False)
     except click_exc.NoArgsIsHelpError as exc:
