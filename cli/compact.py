@@ -53,19 +53,36 @@ def compact(
             raise GemdeployError("--out must differ from RUN: the source run is never modified")
         from gemdeploy.compact.nm_project import project_run
 
-        project_run(run, out, nm=nm, finetune_epochs=finetune_epochs, round_to=round_to, overwrite=overwrite,
-                    device=device, quiet=quiet)
-        record, target = RunArtifacts.open(out).run.read_json(RECORD), out
+        summary = project_run(run, out, nm=nm, finetune_epochs=finetune_epochs, round_to=round_to,
+                              overwrite=overwrite, device=device, quiet=quiet)
+        new = RunArtifacts.open(out)
+        record, target = new.run.read_json(RECORD), out
+        source = RunArtifacts.open(run)
+        projected = {"nm": nm, "test_acc": (summary or {}).get("test_acc", new.summary().get("test_acc")),
+                     "source_test_acc": source.summary().get("test_acc") if source.is_finished() else None,
+                     "finetune_epochs": finetune_epochs}
+        print_record(record, target, json_out, projected)
+        return
     else:
         raise GemdeployError(f"unknown --pattern {pattern!r} for compact; choose 2:4 (or leave it out)")
     print_record(record, target, json_out)
 
 
-def print_record(record: dict, path: Path, json_out: bool) -> None:
+def nm_layers(record: dict) -> tuple[int, int]:
+    """(layers whose weights hold N:M, layers eligible for it) from compact.json's per-layer record."""
+    eligible = [r for r in record["layers"] if r.get("nm_eligible")]
+    return sum(1 for r in eligible if r.get("nm_holds")), len(eligible)
+
+
+def print_record(record: dict, path: Path, json_out: bool, projected: dict | None = None) -> None:
     import json
 
     if json_out:
-        print(json.dumps({k: record[k] for k in ("before", "after", "file_bytes", "round_to", "check")}, indent=2))
+        out = {k: record[k] for k in ("before", "after", "file_bytes", "round_to", "check")}
+        if projected is not None:
+            holds, eligible = nm_layers(record)
+            out["projected"] = {**projected, "nm_layers_hold": holds, "nm_layers_eligible": eligible}
+        print(json.dumps(out, indent=2))
         return
     before, after, files = record["before"], record["after"], record["file_bytes"]
     table = Table(title=f"gemdeploy compact -> {path}")
@@ -80,3 +97,12 @@ def print_record(record: dict, path: Path, json_out: bool) -> None:
     changed = [r for r in record["layers"] if (r["in_before"], r["out_before"]) != (r["in_after"], r["out_after"])]
     print(f"{len(changed)} of {len(record['layers'])} layers thinner; max |logit diff| "
           f"{record['check']['max_abs_logit_diff']:.2e} (logit scale {record['check']['logit_scale']:.2e})")
+    if projected is not None:
+        holds, eligible = nm_layers(record)
+        acc, src = projected.get("test_acc"), projected.get("source_test_acc")
+        acc_text = "n/a (synthetic data)" if acc is None else f"{acc:.2%}"
+        if acc is not None and src is not None:
+            acc_text += f" (source run {src:.2%}, {(acc - src) * 100:+.1f} points after {projected['finetune_epochs']} " \
+                        f"fine-tuning epoch{'s' if projected['finetune_epochs'] != 1 else ''})"
+        print(f"{projected['nm']} holds in {holds} of {eligible} eligible layers (ungrouped, input channels a "
+              f"multiple of M, not the first conv); new run's test accuracy: {acc_text}")
