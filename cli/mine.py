@@ -21,7 +21,7 @@ _OWN = [
     inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
         False, "--overwrite", metavar="", help="Replace a run directory gemdeploy wrote (never a foreign folder).")),
     inspect.Parameter("nproc_per_node", inspect.Parameter.KEYWORD_ONLY, annotation=int, default=typer.Option(
-        1, "--nproc-per-node", min=1, help="Data-parallel processes on this machine (launches torchrun).")),
+        1, "--nproc-per-node", help="Data-parallel processes on this machine, >= 1 (launches torchrun).")),
     inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                       default=typer.Option(False, "--quiet", "-q", metavar="", help="No progress bar.")),
     inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
@@ -35,6 +35,10 @@ def _mine(**values) -> None:
     import os
 
     out, resume, overwrite = values["out"], values["resume"], values["overwrite"]
+    if values["nproc_per_node"] < 1:
+        from gemdeploy.errors import GemdeployError
+
+        raise GemdeployError(f"--nproc-per-node must be >= 1, got {values['nproc_per_node']}")
     cfg = None if resume else from_cli(MineConfig, values).validate()  # bad values fail before torch is imported
     if values["nproc_per_node"] > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return launch_torchrun(values["nproc_per_node"])
