@@ -34,21 +34,28 @@ def pair_bound(max_abs_weight: int) -> int:
     return 2 * U8_MAX * int(max_abs_weight)
 
 
-def _sat_pair_sums(a: np.ndarray, w: np.ndarray, rows_per_chunk: int | None = None) -> np.ndarray:
-    """a [M, P, 2] (u8 values), w [N, P, 2] (s8 values) -> [M, N] = sum over P of sat16(a0*w0 + a1*w1)."""
+def _sat_pair_sums(a: np.ndarray, w: np.ndarray, rows_per_chunk: int = 8192) -> np.ndarray:
+    """a [M, P, 2] (u8 values), w [N, P, 2] (s8 values) -> [M, N] = sum over P of sat16(a0*w0 + a1*w1).
+
+    The exact product comes from one matrix multiply; only the weight pairs that can overflow at all
+    (255 x (|w0| + |w1|) > 32,767) are then evaluated pair by pair and corrected, which keeps this fast."""
     import torch
 
+    m, p, _ = a.shape
+    n = w.shape[0]
     at = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
     wt = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
-    m, p, _ = at.shape
-    n = wt.shape[0]
-    chunk = rows_per_chunk or max(1, (1 << 24) // max(1, n * p))
-    out = torch.empty((m, n), dtype=torch.float64)
-    w0, w1 = wt[:, :, 0].T, wt[:, :, 1].T  # [P, N]
-    for s in range(0, m, chunk):
-        a0, a1 = at[s:s + chunk, :, 0], at[s:s + chunk, :, 1]  # [c, P]
-        pairs = a0[:, :, None] * w0[None] + a1[:, :, None] * w1[None]  # [c, P, N], exact in float32 (< 2^17)
-        out[s:s + chunk] = pairs.clamp_(INT16_MIN, INT16_MAX).sum(1, dtype=torch.float64)
+    out = at.reshape(m, 2 * p).double() @ wt.reshape(n, 2 * p).double().T
+    risky = (wt[:, :, 0].abs() + wt[:, :, 1].abs()) * U8_MAX > INT16_MAX
+    n_idx, p_idx = torch.nonzero(risky, as_tuple=True)
+    if len(n_idx) == 0:
+        return out.numpy()
+    w0, w1 = wt[n_idx, p_idx, 0], wt[n_idx, p_idx, 1]
+    for s in range(0, m, rows_per_chunk):
+        a0, a1 = at[s:s + rows_per_chunk, p_idx, 0], at[s:s + rows_per_chunk, p_idx, 1]  # [c, risky pairs]
+        pairs = a0 * w0 + a1 * w1  # exact in float32 (|pair| < 2^17)
+        correction = (pairs.clamp(INT16_MIN, INT16_MAX) - pairs).double()
+        out[s:s + rows_per_chunk].index_add_(1, n_idx, correction)
     return out.numpy()
 
 
@@ -152,12 +159,13 @@ def _op_classes():
     class EmuMaxPool(OpRun):  # the reference MaxPool loops in Python; torch's is the same arithmetic
         op_domain = DOMAIN
 
-        def _run(self, x, kernel_shape=None, pads=None, strides=None, **_):
+        def _run(self, x, kernel_shape=None, pads=None, strides=None, ceil_mode=None, **_):
             import torch
 
             p = list(pads or [0, 0, 0, 0])
             t = torch.nn.functional.pad(torch.from_numpy(x), (p[1], p[3], p[0], p[2]), value=-np.inf)
-            out = torch.nn.functional.max_pool2d(t, tuple(kernel_shape), stride=tuple(strides or kernel_shape))
+            out = torch.nn.functional.max_pool2d(t, tuple(kernel_shape), stride=tuple(strides or kernel_shape),
+                                                 ceil_mode=bool(ceil_mode))
             return (out.numpy(),)
 
     class EmuQuantize(OpRun):  # ONNX's reference has these only from opset 19 on; same arithmetic
@@ -215,10 +223,10 @@ def _rewrite(proto: onnx.ModelProto) -> onnx.ModelProto:
             ins += [n.input[2]] if n.op_type == "Gemm" and len(n.input) > 2 else []
             nodes.append(helper.make_node("EmuGemm", ins, list(n.output), domain=DOMAIN,
                                           trans_b=int(attrs.get("transB", 0)) if n.op_type == "Gemm" else 0))
-        elif n.op_type == "MaxPool" and not attrs.get("ceil_mode", 0) and attrs.get("dilations") in (None, [1, 1]) \
-                and len(attrs.get("kernel_shape", [])) == 2 and len(n.output) == 1:
+        elif n.op_type == "MaxPool" and attrs.get("dilations") in (None, [1, 1]) and len(n.output) == 1 \
+                and len(attrs.get("kernel_shape", [])) == 2 and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"):
             nodes.append(helper.make_node("EmuMaxPool", list(n.input), list(n.output), domain=DOMAIN,
-                                          kernel_shape=list(attrs["kernel_shape"]),
+                                          kernel_shape=list(attrs["kernel_shape"]), ceil_mode=int(attrs.get("ceil_mode", 0)),
                                           pads=list(attrs.get("pads", [0, 0, 0, 0])),
                                           strides=list(attrs.get("strides", attrs["kernel_shape"]))))
         elif n.op_type in ("QuantizeLinear", "DequantizeLinear"):
