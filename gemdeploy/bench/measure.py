@@ -250,3 +250,4 @@ def add_relative(rows: list[dict], ref: str) -> None:
         r["speedup_vs_dense_same_precision"] = same["latency_ms"]["median"] / r["latency_ms"]["median"] if same else None
         r["acc_delta_vs_dense_same_precision"] = r["test_acc"] - same["test_acc"] if same else None
         r["baseline_noisy"] = bool(base and base["latency_ms"].get("noisy"))
+        r["baseline_same_precision_noisy"] = bool(same and same["latency_ms"].get("noisy"))

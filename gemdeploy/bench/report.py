@@ -39,8 +39,9 @@ def _fmt_count(n: int | None) -> str:
     return str(n)
 
 
-def _vs(speedup: float | None, delta: float | None) -> str:
-    return "-" if speedup is None else f"{speedup:.2f}x {_fmt_delta(delta)}"
+def _vs(speedup: float | None, delta: float | None, noisy: bool = False) -> str:
+    """'2.91x -9.7pt'; '!' when either latency behind the ratio is noisy."""
+    return "-" if speedup is None else f"{speedup:.2f}x{NOISY_MARK if noisy else ''} {_fmt_delta(delta)}"
 
 
 def _baseline_of(rows: list[dict]) -> str:
@@ -72,8 +73,9 @@ def print_table(result: dict, console: Console | None = None) -> None:
             table.add_row(escape(r["run"]), escape(r["artifact"]), str(r["batch"]), f"{r['test_acc']:.2%}",
                           f"[yellow]{ms}[/yellow]" if noisy else ms,
                           f"{_fmt_ms(lat['p10'])}-{_fmt_ms(lat['p90'])}",
-                          _vs(r["speedup_vs_dense_fp32"], r["acc_delta_vs_dense_fp32"]),
-                          _vs(r["speedup_vs_dense_same_precision"], r["acc_delta_vs_dense_same_precision"]),
+                          _vs(r["speedup_vs_dense_fp32"], r["acc_delta_vs_dense_fp32"], noisy or r.get("baseline_noisy")),
+                          _vs(r["speedup_vs_dense_same_precision"], r["acc_delta_vs_dense_same_precision"],
+                              noisy or r.get("baseline_same_precision_noisy")),
                           f"{r['nonzero_params']:,}", "-" if r["file_bytes"] is None else f"{r['file_bytes'] / 1024:,.0f}")
         console.print(table)
     if result["unavailable"]:
@@ -434,11 +436,17 @@ def write_outputs(result: dict, out: Path, machine: str, command: str | None = N
         for r in rows:
             lat = r["latency_ms"]
             flag = " **noisy**" if lat.get("noisy") else ""
+
+            def caution(base_noisy, row_noisy=bool(lat.get("noisy"))) -> str:
+                return " (noisy)" if base_noisy or row_noisy else ""
+
             nbytes = f"{r['file_bytes']:,}" if r["file_bytes"] else "-"
             lines.append(
                 f"| {r['run']} | {r['artifact']} | {r['batch']} | {r['test_acc']:.2%} | "
-                f"{_fmt_ratio(r['speedup_vs_dense_fp32'])} | {_fmt_delta(r['acc_delta_vs_dense_fp32'])} | "
-                f"{_fmt_ratio(r['speedup_vs_dense_same_precision'])} | {_fmt_delta(r['acc_delta_vs_dense_same_precision'])} | "
+                f"{_fmt_ratio(r['speedup_vs_dense_fp32'])}{caution(r.get('baseline_noisy'))} | "
+                f"{_fmt_delta(r['acc_delta_vs_dense_fp32'])} | "
+                f"{_fmt_ratio(r['speedup_vs_dense_same_precision'])}{caution(r.get('baseline_same_precision_noisy'))} | "
+                f"{_fmt_delta(r['acc_delta_vs_dense_same_precision'])} | "
                 f"{_fmt_ms(lat['median'])}{flag} | {_fmt_ms(lat['p10'])}-{_fmt_ms(lat['p90'])} | {_fmt_ms(lat['p99'])} | "
                 f"{lat['calls']}{' (re-measured)' if lat.get('remeasured') else ''} | {r['throughput_ips']:,.0f} | "
                 f"{r['nonzero_params']:,} | {nbytes} |")
