@@ -59,6 +59,69 @@ def bench_accuracy(run: Path, out: Path) -> dict:
     return {r["precision"]: r["test_acc"] for r in json.loads(proc.stdout)["rows"]}
 
 
+# ONNX Runtime quantization modes considered for int8-cpu: (activations, weights, reduce_range, symmetric activations)
+SCHEMES = {
+    "S8S8 (int8)": ("QInt8", "QInt8", False, True),
+    "S8S8 7-bit weights (int8-cpu)": ("QInt8", "QInt8", True, True),
+    "U8S8": ("QUInt8", "QInt8", False, False),
+    "U8S8 7-bit weights": ("QUInt8", "QInt8", True, False),
+    "U8U8": ("QUInt8", "QUInt8", False, False),
+}
+
+
+def compare_schemes(run: Path, emulation: bool, iters: int = 30) -> list[list]:
+    """Quantize the run's fp32 ONNX with each mode (same calibration: entropy, 512 training images, per-channel
+    Q/DQ) and measure test accuracy (Q/DQ numerics, ONNX Runtime CPU here, emulated x86 without VNNI) and the
+    ONNX Runtime CPU latency at batch 64 on 1 thread."""
+    import statistics
+    import tempfile
+
+    import numpy as np
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from gemdeploy.calibration.int8 import _reader
+    from gemdeploy.exporters import onnx_export as ox
+    from gemdeploy.exporters.onnx_export import quiet
+    from gemdeploy.run.artifacts import RunArtifacts
+
+    data = RunArtifacts.open(run).data("cpu")
+    calib = data.sample_images(512, "train").float().numpy()
+    xs, ys = zip(*[(x.float().numpy(), y.numpy()) for x, y in data.test.batches(250)])
+    images, labels = np.concatenate(xs), np.concatenate(ys)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (act, wt, reduce_range, sym) in SCHEMES.items():
+            path = Path(tmp) / "q.onnx"
+            with quiet():
+                quantize_static(str(run / "export" / "model.fp32.onnx"), str(path), _reader(calib, 64),
+                                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
+                                activation_type=getattr(QuantType, act), weight_type=getattr(QuantType, wt),
+                                op_types_to_quantize=["Conv", "Gemm", "MatMul"],
+                                calibrate_method=CalibrationMethod.Entropy,
+                                extra_options={"ActivationSymmetric": sym, "WeightSymmetric": wt == "QInt8",
+                                               "CalibMovingAverage": False, "QDQKeepRemovableActivations": False})
+            accs = {}
+            for how, optimize in (("qdq", False), ("cpu", True)):
+                accs[how] = float((ox.ort_run(ox.ort_session(path, optimize=optimize), images).argmax(1) == labels).mean())
+            accs["emulated"] = emulated_accuracy(run, path) if emulation else None
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = 1, 1, 3
+            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            batch = {"input": images[:64]}
+            for _ in range(5):
+                session.run(None, batch)
+            times = []
+            for _ in range(iters):
+                t = time.perf_counter()
+                session.run(None, batch)
+                times.append(time.perf_counter() - t)
+            rows.append([name, pct(accs["qdq"]), pct(accs["cpu"]), pct(accs["emulated"]),
+                         f"{statistics.median(times) * 1e3:.3f}"])
+    return rows
+
+
 def pct(v) -> str:
     return "n/a" if v is None else f"{v:.1%}"
 
@@ -70,9 +133,11 @@ def main() -> None:
     ap.add_argument("--calib-samples", type=int, default=512)
     ap.add_argument("--calib-method", default="entropy")
     ap.add_argument("--no-emulation", action="store_true", help="skip the emulated x86-without-VNNI column")
+    ap.add_argument("--schemes", nargs="*", default=["lenet300-dense", "conv4-gm"],
+                    help="runs on which the ONNX Runtime quantization modes are compared (the int8-cpu choice)")
     ap.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
     args = ap.parse_args()
-    acc_rows, size_rows, details, verdicts = [], [], [], []
+    acc_rows, size_rows, details, verdicts, scheme_rows = [], [], [], [], []
     for name in args.runs:
         model, method, sparsity, epochs, ft = RUNS[name]
         run = Path(args.out) / name
@@ -110,6 +175,9 @@ def main() -> None:
                      for p in ("int8", "int8-cpu")]
         details.append(f"{name}: export {seconds:.0f} s")
         print(acc_rows[-1], flush=True)
+        if name in args.schemes:
+            scheme_rows += [[model, ticket, *r] for r in compare_schemes(run, not args.no_emulation)]
+            print(scheme_rows[-len(SCHEMES):], flush=True)
     from gemdeploy.machine import describe_int8_cpu
 
     cpu = describe_int8_cpu()
@@ -135,6 +203,13 @@ def main() -> None:
                         "Δ (pt)"], acc_rows),
         "",
         "Verdicts (export.json and every sidecar): " + "; ".join(verdicts) + ".",
+        "",
+        "Which INT8 for ONNX Runtime on CPU: the ONNX Runtime quantization modes on the same fp32 file and "
+        "calibration (entropy, 512 images, per-channel Q/DQ); latency: ONNX Runtime CPU, batch 64, 1 thread, "
+        "median of 30 calls on this machine.",
+        "",
+        markdown_table(["model", "ticket", "mode", "Q/DQ", "ORT CPU", "no-VNNI (emulated)", "ms (batch 64)"],
+                       scheme_rows) if scheme_rows else "(not measured)",
         "",
         "ONNX bytes: *dense* is the fine-tuned masked model at full width, *compacted* the model with dead "
         "channels removed (what is exported), *sparse storage* the exported fp32 model with its weights as ONNX "

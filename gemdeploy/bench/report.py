@@ -103,8 +103,11 @@ def verdict(result: dict) -> str:
     the reference run's fp32, at the largest batch measured."""
     rows, ref = result["rows"], result["reference"]
     runs = [r for r in result["runs"] if r["name"] != ref]
-    if not rows or not runs:
+    if not rows:
         return ""
+    if not runs:
+        return (f"**Verdict: not judged.** {ref} was measured alone; pass `--against` a `--method dense` run (and "
+                "IMP runs) to see what the ticket costs and gains.")
     subject = runs[0]
     batch = max(r["batch"] for r in rows)
     base = _pick_baseline(rows, ref, batch)
