@@ -1,10 +1,12 @@
 """INT8 as an explicit Q/DQ ONNX: what TensorRT 10 and 11 build (strongly typed) and ONNX Runtime runs on CPU.
 
 ONNX Runtime's static quantization in QDQ format, with symmetric INT8 activations (zero point 0, the
-only kind TensorRT accepts) and symmetric per-channel INT8 weights. Activation ranges come from
-``--calib-samples`` training images with the chosen method (entropy, percentile or minmax) and are
-cached as JSON keyed by (sha256 of the fp32 ONNX, method, samples): a second export of the same model
-reuses the ranges instead of recalibrating.
+only kind TensorRT accepts) and symmetric per-channel INT8 weights: full range for the TensorRT file
+(``scheme="tensorrt"``, model.int8.onnx), 7-bit for ONNX Runtime on CPUs (``scheme="cpu"``,
+model.int8-cpu.onnx; see SCHEMES). Activation ranges come from ``--calib-samples`` training images with
+the chosen method (entropy, percentile or minmax) and are cached as JSON keyed by (sha256 of the fp32
+ONNX, method, samples[, scheme]): a second export of the same model reuses the ranges instead of
+recalibrating.
 """
 
 from __future__ import annotations
