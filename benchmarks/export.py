@@ -4,6 +4,7 @@ here (fused INT8 kernels) and under the emulated x86 kernels without VNNI; plus 
 the CPU, and the ONNX bytes. Dense and Gem-Miner tickets on mnist5k. Writes the "export" section of BENCHMARKS.md.
 
     .venv/bin/python benchmarks/export.py            # mines the runs (once) into runs/bench-export/, exports them
+    .venv/bin/python benchmarks/export.py --render   # rewrites the BENCHMARKS.md section from the saved results
 
 Runs are mined with the real CLI; a run that already exists is reused, so a second call only re-exports.
 """
@@ -117,8 +118,8 @@ def compare_schemes(run: Path, emulation: bool, iters: int = 30) -> list[list]:
                 t = time.perf_counter()
                 session.run(None, batch)
                 times.append(time.perf_counter() - t)
-            rows.append([name, pct(accs["qdq"]), pct(accs["cpu"]), pct(accs["emulated"]),
-                         f"{statistics.median(times) * 1e3:.3f}"])
+            rows.append({"mode": name, "qdq": accs["qdq"], "cpu": accs["cpu"], "emulated": accs["emulated"],
+                         "ms_batch64": statistics.median(times) * 1e3})
     return rows
 
 
@@ -126,18 +127,11 @@ def pct(v) -> str:
     return "n/a" if v is None else f"{v:.1%}"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="runs/bench-export")
-    ap.add_argument("--runs", nargs="*", default=list(RUNS))
-    ap.add_argument("--calib-samples", type=int, default=512)
-    ap.add_argument("--calib-method", default="entropy")
-    ap.add_argument("--no-emulation", action="store_true", help="skip the emulated x86-without-VNNI column")
-    ap.add_argument("--schemes", nargs="*", default=["lenet300-dense", "conv4-gm"],
-                    help="runs on which the ONNX Runtime quantization modes are compared (the int8-cpu choice)")
-    ap.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
-    args = ap.parse_args()
-    acc_rows, size_rows, details, verdicts, scheme_rows = [], [], [], [], []
+RESULTS = Path(__file__).resolve().parent / "results" / "export" / "export.json"
+
+
+def measure(args) -> dict:
+    runs = []
     for name in args.runs:
         model, method, sparsity, epochs, ft = RUNS[name]
         run = Path(args.out) / name
@@ -156,39 +150,77 @@ def main() -> None:
             sys.exit(f"export {name} failed: {proc.stderr.strip()}")
         rec = json.loads(proc.stdout)
         seconds = time.perf_counter() - t
-        acc, qdq, sizes, v = rec["accuracy"], rec["qdq_accuracy"], rec["sizes"], rec["verdicts"]
         emu = {} if args.no_emulation else {p: emulated_accuracy(run, run / "export" / f"model.{p}.onnx")
                                              for p in ("int8", "int8-cpu")}
-        benched = bench_accuracy(run, run / "bench-int8")
         summary = json.loads((run / "summary.json").read_text())
-        ticket = "dense" if method == "dense" else f"Gem-Miner {summary['sparsity']:.1%}"
-        acc_rows.append([model, ticket, f"{epochs}+{ft}" if method != "dense" else f"{ft}", pct(acc["fp32"]),
-                         pct(acc["int8"]), pct(qdq["int8"]), pct(emu.get("int8")),
-                         pct(acc["int8-cpu"]), pct(qdq["int8-cpu"]), pct(emu.get("int8-cpu")),
-                         pct(benched.get("int8-cpu")),
-                         f"{(acc['fp32'] - benched['int8-cpu']) * 100:+.1f}" if "int8-cpu" in benched else "-"])
-        size_rows.append([model, ticket, rec["source"], f"{sizes['dense_bytes']:,}",
+        entry = {"name": name, "model": model, "method": method, "sparsity": summary["sparsity"], "epochs": epochs,
+                 "finetune_epochs": ft, "source": rec["source"], "fp32": rec["accuracy"]["fp32"],
+                 "ort_cpu": {p: rec["accuracy"][p] for p in ("int8", "int8-cpu")},
+                 "qdq": {p: rec["qdq_accuracy"][p] for p in ("int8", "int8-cpu")}, "emulated": emu,
+                 "bench": bench_accuracy(run, run / "bench-int8"), "sizes": rec["sizes"],
+                 "verdicts": {p: rec["verdicts"][p] for p in ("int8", "int8-cpu")}, "export_seconds": round(seconds),
+                 "schemes": compare_schemes(run, not args.no_emulation) if name in args.schemes else []}
+        runs.append(entry)
+        print(json.dumps({k: entry[k] for k in ("name", "fp32", "ort_cpu", "qdq", "emulated", "bench")}), flush=True)
+    from gemdeploy.machine import describe_int8_cpu
+
+    return {"machine": machine(), "cpu_int8": describe_int8_cpu(), "calib_samples": args.calib_samples,
+            "calib_method": args.calib_method, "runs": runs}
+
+
+def render(res: dict) -> str:
+    acc_rows, size_rows, scheme_rows, verdicts, details = [], [], [], [], []
+    for r in res["runs"]:
+        ticket = "dense" if r["method"] == "dense" else f"Gem-Miner {r['sparsity']:.1%}"
+        emu, bench = r["emulated"], r["bench"]
+        acc_rows.append([r["model"], ticket, f"{r['epochs']}+{r['finetune_epochs']}" if r["method"] != "dense"
+                         else str(r["finetune_epochs"]), pct(r["fp32"]),
+                         pct(r["ort_cpu"]["int8"]), pct(r["qdq"]["int8"]), pct(emu.get("int8")),
+                         pct(r["ort_cpu"]["int8-cpu"]), pct(r["qdq"]["int8-cpu"]), pct(emu.get("int8-cpu")),
+                         pct(bench.get("int8-cpu")),
+                         f"{(r['fp32'] - bench['int8-cpu']) * 100:+.1f}" if "int8-cpu" in bench else "-"])
+        sizes = r["sizes"]
+        size_rows.append([r["model"], ticket, r["source"], f"{sizes['dense_bytes']:,}",
                           "-" if sizes["compacted_bytes"] is None else f"{sizes['compacted_bytes']:,}",
                           "-" if sizes.get("sparse_storage_bytes") is None else f"{sizes['sparse_storage_bytes']:,}",
                           f"{sizes['int8_bytes']:,}", f"{sizes['int8_cpu_bytes']:,}"])
-        verdicts += [f"{name} {p}: {'ok' if v[p]['ok'] else 'NOT ok (' + str(v[p]['cause']) + ')'}"
-                     for p in ("int8", "int8-cpu")]
-        details.append(f"{name}: export {seconds:.0f} s")
-        print(acc_rows[-1], flush=True)
-        if name in args.schemes:
-            scheme_rows += [[model, ticket, *r] for r in compare_schemes(run, not args.no_emulation)]
-            print(scheme_rows[-len(SCHEMES):], flush=True)
-    from gemdeploy.machine import describe_int8_cpu
-
-    cpu = describe_int8_cpu()
-    body = "\n".join([
+        scheme_rows += [[r["model"], ticket, m["mode"], pct(m["qdq"]), pct(m["cpu"]), pct(m["emulated"]),
+                         f"{m['ms_batch64']:.3f}"] for m in r["schemes"]]
+        verdicts += [f"{r['name']} {p}: {'ok' if v['ok'] else 'NOT ok (' + str(v['cause']) + ')'}"
+                     for p, v in r["verdicts"].items()]
+        details.append(f"{r['name']}: export {r['export_seconds']} s")
+    worst_cpu = max(abs(r["fp32"] - r["bench"].get("int8-cpu", r["fp32"])) for r in res["runs"]) * 100
+    emulated = [r for r in res["runs"] if r["emulated"]]
+    reading = [f"**Reading.** On every model the file `gemdeploy bench` runs on the CPU, model.int8-cpu.onnx, stays "
+               f"within {worst_cpu:.1f} points of fp32 here (target: 1 point)."]
+    if emulated:
+        worst = max(emulated, key=lambda r: r["qdq"]["int8"] - r["emulated"]["int8"])
+        exact = all(r["emulated"]["int8-cpu"] == r["qdq"]["int8-cpu"] for r in emulated)
+        reading.append(
+            f" Under the emulated kernels without VNNI the full-range int8 file loses up to "
+            f"{(worst['qdq']['int8'] - worst['emulated']['int8']) * 100:.1f} points against its own Q/DQ numerics "
+            f"({worst['name']}: {pct(worst['qdq']['int8'])} -> {pct(worst['emulated']['int8'])}), while int8-cpu "
+            + ("scores exactly its Q/DQ numerics on every model (no weight pair can reach the int16 limit)."
+               if exact else "differs from its Q/DQ numerics somewhere: see the table."))
+    reading.append(
+        " This machine has VNNI, so its own ONNX Runtime figures equal the Q/DQ numerics; the loss the issue "
+        "measured on an AVX2 machine without VNNI (dense lenet300: 92.6% fp32, S8S8 71.1% with optimizations on and "
+        "92.7% off; 7-bit weights 92.6% both ways; U8S8 90.9% / 92.6%) is larger than this emulation gives for our "
+        "dense lenet300, so read the emulated column as showing the mechanism and that int8-cpu is immune, not as a "
+        "prediction of the exact loss. int8-cpu is S8S8 with 7-bit weights: it keeps int8's symmetric Q/DQ (the "
+        "same graph, one bit less weight resolution, at most a few tenths of a point here), costs no latency, and is "
+        "saturation-free by construction; U8S8 with 7-bit weights is as good but asymmetric, and U8U8 (also "
+        "saturation-free) is about 2x slower on this CPU.")
+    return "\n".join([
         "## Export: fp32 vs INT8 (int8 for TensorRT, int8-cpu for ONNX Runtime on CPU)",
         "",
         "Command: `.venv/bin/python benchmarks/export.py` (runs: `gemdeploy mine --model M --data mnist5k "
         "[--method dense | --sparsity S] --epochs E --finetune-epochs F`, then `gemdeploy export RUN --precision "
-        f"int8 --precision int8-cpu --calib-samples {args.calib_samples} --calib-method {args.calib_method}`, then "
-        "`gemdeploy bench RUN --backend onnxruntime-cpu`).  ",
-        f"Machine: {machine()}. Its CPU has **{cpu}**: ONNX Runtime's fused INT8 kernels here accumulate in int32.",
+        f"int8 --precision int8-cpu --calib-samples {res['calib_samples']} --calib-method {res['calib_method']}`, "
+        "then `gemdeploy bench RUN --backend onnxruntime-cpu`; measurements kept in "
+        "`benchmarks/results/export/export.json`, `--render` rewrites this section from them).  ",
+        f"Machine: {res['machine']}. Its CPU has **{res['cpu_int8']}**: ONNX Runtime's fused INT8 kernels here "
+        "accumulate in int32.",
         "",
         "Test accuracy on the 1,000 mnist5k test digits. For each INT8 file: *ORT CPU* is ONNX Runtime with its "
         "graph optimizations on, on this machine (fused QGemm/QLinearConv kernels: what `gemdeploy bench` and a "
@@ -204,6 +236,8 @@ def main() -> None:
         "",
         "Verdicts (export.json and every sidecar): " + "; ".join(verdicts) + ".",
         "",
+        "".join(reading),
+        "",
         "Which INT8 for ONNX Runtime on CPU: the ONNX Runtime quantization modes on the same fp32 file and "
         "calibration (entropy, 512 images, per-channel Q/DQ); latency: ONNX Runtime CPU, batch 64, 1 thread, "
         "median of 30 calls on this machine.",
@@ -213,7 +247,8 @@ def main() -> None:
         "",
         "ONNX bytes: *dense* is the fine-tuned masked model at full width, *compacted* the model with dead "
         "channels removed (what is exported), *sparse storage* the exported fp32 model with its weights as ONNX "
-        "`sparse_initializer`s (COO, int64 indices; ONNX Runtime only).",
+        "`sparse_initializer`s (COO, int64 indices; ONNX Runtime only; for the dense model no smaller file exists, "
+        "the fp32 size is shown).",
         "",
         markdown_table(["model", "ticket", "exported", "dense bytes", "compacted bytes", "sparse-storage bytes",
                         "int8 bytes", "int8-cpu bytes"], size_rows),
@@ -222,6 +257,28 @@ def main() -> None:
         "those of quick tickets (the ResNet-20 ticket is weak at 3+3 epochs); the point is fp32 against INT8 on "
         "the same model. " + "; ".join(details) + ".",
     ])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/bench-export")
+    ap.add_argument("--runs", nargs="*", default=list(RUNS))
+    ap.add_argument("--calib-samples", type=int, default=512)
+    ap.add_argument("--calib-method", default="entropy")
+    ap.add_argument("--no-emulation", action="store_true", help="skip the emulated x86-without-VNNI column")
+    ap.add_argument("--schemes", nargs="*", default=["lenet300-dense", "conv4-gm"],
+                    help="runs on which the ONNX Runtime quantization modes are compared (the int8-cpu choice)")
+    ap.add_argument("--render", action="store_true", help="rewrite the section from the saved measurements")
+    ap.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
+    args = ap.parse_args()
+    if args.render:
+        res = json.loads(RESULTS.read_text())
+    else:
+        res = measure(args)
+        if not args.no_write:
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            RESULTS.write_text(json.dumps(res, indent=1) + "\n")
+    body = render(res)
     print(body)
     if not args.no_write:
         write_section("export", body)
