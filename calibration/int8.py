@@ -1,10 +1,12 @@
 """INT8 as an explicit Q/DQ ONNX: what TensorRT 10 and 11 build (strongly typed) and ONNX Runtime runs on CPU.
 
 ONNX Runtime's static quantization in QDQ format, with symmetric INT8 activations (zero point 0, the
-only kind TensorRT accepts) and symmetric per-channel INT8 weights. Activation ranges come from
-``--calib-samples`` training images with the chosen method (entropy, percentile or minmax) and are
-cached as JSON keyed by (sha256 of the fp32 ONNX, method, samples): a second export of the same model
-reuses the ranges instead of recalibrating.
+only kind TensorRT accepts) and symmetric per-channel INT8 weights: full range for the TensorRT file
+(``scheme="tensorrt"``, model.int8.onnx), 7-bit for ONNX Runtime on CPUs (``scheme="cpu"``,
+model.int8-cpu.onnx; see SCHEMES). Activation ranges come from ``--calib-samples`` training images with
+the chosen method (entropy, percentile or minmax) and are cached as JSON keyed by (sha256 of the fp32
+ONNX, method, samples[, scheme]): a second export of the same model reuses the ranges instead of
+recalibrating.
 """
 
 from __future__ import annotations
@@ -56,23 +58,40 @@ def _reader(images: np.ndarray, batch_size: int):
     return ImageReader()
 
 
-def cache_key(fp32_path: str | Path, method: str, samples: int) -> str:
+def cache_key(fp32_path: str | Path, method: str, samples: int, scheme: str = "tensorrt") -> str:
     digest = hashlib.sha256(Path(fp32_path).read_bytes()).hexdigest()[:16]
-    return f"{digest}-{method}-{samples}"
+    return f"{digest}-{method}-{samples}" + ("" if scheme == "tensorrt" else f"-{scheme}")
+
+
+# How each INT8 file quantizes. "tensorrt": symmetric int8 activations (zero point 0, the only kind TensorRT
+# accepts) and full-range symmetric per-channel int8 weights. "cpu": the same symmetric Q/DQ with 7-bit weights
+# (|w| <= 64, ONNX Runtime's reduce_range), so the u8 x s8 pair sums of ONNX Runtime's x86 kernels without VNNI
+# stay <= 2 x 255 x 64 = 32,640 and never saturate int16 (see gemdeploy.calibration.x86_emulation).
+SCHEMES = {
+    "tensorrt": {"activations": "int8 symmetric per-tensor", "weights": "int8 symmetric per-channel",
+                 "reduce_range": False},
+    "cpu": {"activations": "int8 symmetric per-tensor",
+            "weights": "int8 symmetric per-channel, 7-bit range (reduce_range: |w| <= 64)", "reduce_range": True},
+}
 
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, images: torch.Tensor | np.ndarray, *,
-                  method: str = "entropy", cache_dir: str | Path | None = None, batch_size: int = 64) -> dict:
-    """Write the Q/DQ INT8 model of ``fp32_path`` to ``out_path``; returns a record of the calibration."""
+                  method: str = "entropy", cache_dir: str | Path | None = None, batch_size: int = 64,
+                  scheme: str = "tensorrt") -> dict:
+    """Write the Q/DQ INT8 model of ``fp32_path`` to ``out_path`` with ``scheme`` (see SCHEMES); returns a record
+    of the calibration."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+    if scheme not in SCHEMES:
+        raise unknown_choice("INT8 scheme", scheme, list(SCHEMES))
+    how = SCHEMES[scheme]
     calib = _ort_method(method)
     if isinstance(images, torch.Tensor):
         images = images.detach().cpu().float().numpy()
     images = np.ascontiguousarray(images, dtype=np.float32)
     if len(images) == 0:
         raise GemdeployError("--calib-samples must be at least 1")
-    key = cache_key(fp32_path, method, len(images))
+    key = cache_key(fp32_path, method, len(images), scheme)
     cache_path = Path(cache_dir) / f"{key}.json" if cache_dir else None
     hit = cache_path is not None and cache_path.is_file()
     if cache_path is not None:
@@ -93,7 +112,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, images: torch.Ten
     try:
         with quiet():
             quantize_static(str(fp32_path), str(out_path), None if hit else _reader(images, batch_size),
-                            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
+                            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=how["reduce_range"],
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                             op_types_to_quantize=["Conv", "Gemm", "MatMul"],
                             calibrate_method=calib, extra_options=extra,
@@ -109,8 +128,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, images: torch.Ten
             tmp_cache.unlink(missing_ok=True)
     return {"method": method, "samples": int(len(images)), "cache": str(cache_path) if cache_path else None,
             "cache_key": key, "cache_hit": bool(hit), "seconds": round(time.perf_counter() - start, 3),
-            "activations": "int8 symmetric per-tensor", "weights": "int8 symmetric per-channel",
-            "format": "QDQ (QuantizeLinear/DequantizeLinear)"}
+            "scheme": scheme, "activations": how["activations"], "weights": how["weights"],
+            "reduce_range": how["reduce_range"], "format": "QDQ (QuantizeLinear/DequantizeLinear)"}
 
 
 def qdq_report(proto: onnx.ModelProto) -> dict:

@@ -10,6 +10,7 @@ import os
 import sys
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from gemdeploy import __version__
 from gemdeploy.cli.bench import bench
@@ -21,7 +22,44 @@ from gemdeploy.cli.methods import methods
 from gemdeploy.cli.mine import mine
 from gemdeploy.cli.sanity import sanity
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+def _metavar(annotation) -> str:
+    import typing
+    from pathlib import Path
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is not None and args:  # Optional[X], List[X]
+        return _metavar(args[0])
+    return {int: "INT", float: "FLOAT", str: "TEXT", bool: ""}.get(annotation, "PATH" if annotation is Path else "VALUE")
+
+
+def _tidy_help(command, ctx) -> None:
+    """Help that reads at 80 columns: no `<bool>` after flags (help included), short upper-case metavars
+    (INT, PATH, ...) instead of `<list[Path]>`, arguments named in upper case (RUN)."""
+    for param in command.get_params(ctx):
+        if param.metavar is not None:
+            continue
+        annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+        if param.param_type_name == "argument":
+            param.metavar = param.name.upper()
+        elif getattr(param, "is_flag", False):
+            param.metavar = ""
+        else:
+            param.metavar = _metavar(annotation)
+
+
+class _Command(TyperCommand):
+    def format_help(self, ctx, formatter):
+        _tidy_help(self, ctx)
+        return super().format_help(ctx, formatter)
+
+
+class _Group(TyperGroup):
+    def format_help(self, ctx, formatter):
+        _tidy_help(self, ctx)
+        return super().format_help(ctx, formatter)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_Group,
                   context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
                   help="Mine lottery tickets at initialization (Gem-Miner), compact them and ship fast engines.")
 
@@ -42,19 +80,20 @@ def main_options(
         os.environ[DEBUG_ENV] = "1"
 
 
-app.command("mine")(mine)
-app.command("sanity")(sanity)
-app.command("compact")(compact)
-app.command("export")(export)
-app.command("bench")(bench)
-app.command("doctor")(doctor)
-app.command("methods")(methods)
+for _name, _fn in (("mine", mine), ("sanity", sanity), ("compact", compact), ("export", export), ("bench", bench),
+                   ("doctor", doctor), ("methods", methods)):
+    app.command(_name, cls=_Command)(_fn)
+
+
+ARGV: list[str] = []  # the arguments of the command being run (report.md quotes them)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; a usage error (unknown option, bad value) is one line on stderr, like every other error."""
     from typer._click import exceptions as click_exc  # typer vendors click
 
+    global ARGV
+    ARGV = list(sys.argv[1:] if argv is None else argv)
     try:
         rv = app(args=argv, standalone_mode=False)
     except click_exc.NoArgsIsHelpError as exc:

@@ -55,12 +55,21 @@ def _bench(run: Path, **values) -> None:
     console = Console(stderr=True)
     with console.status("benchmarking") as status:
         result = measure([run, *values["against"]], opts, progress=lambda msg: status.update(msg))
-    files = write_outputs(result, out, describe())
+    files = write_outputs(result, out, describe(), command=_command_line())
     if values["json_out"]:
-        print(json.dumps({**result, "machine": describe()}, indent=2))
+        print((out / "bench.json").read_text())
     else:
         print_table(result)
         Console().print(f"wrote {', '.join(files)} to {out}")
+
+
+def _command_line() -> str:
+    """The command as the user typed it, for report.md."""
+    import shlex
+
+    from gemdeploy.cli import app
+
+    return "gemdeploy " + " ".join(shlex.quote(str(a)) for a in (app.ARGV or ["bench"]))
 
 
 bench = command(_bench, _OWN + cli_parameters(BenchOptions) + _TAIL)

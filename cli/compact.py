@@ -21,8 +21,8 @@ def compact(
     pattern: Optional[str] = typer.Option(None, help="2:4: project the run's weights to N:M by magnitude, fine-tune "
                                                      "briefly and write the result to --out. Default: compact RUN as it is."),
     nm: str = typer.Option(DEFAULTS.nm, help="N:M used by --pattern 2:4 (kept N of every M input channels)."),
-    finetune_epochs: int = typer.Option(1, min=0, help="With --pattern 2:4: fine-tuning epochs after the projection."),
-    round_to: int = typer.Option(DEFAULTS.round_to, min=1, help="Keep channel counts multiples of this."),
+    finetune_epochs: int = typer.Option(1, help="With --pattern 2:4: fine-tuning epochs after the projection."),
+    round_to: int = typer.Option(DEFAULTS.round_to, help="Keep channel counts multiples of this."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="With --pattern 2:4: the new run directory to write."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing compaction (or --out directory)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (fine-tuning after a projection)."),
@@ -30,9 +30,14 @@ def compact(
     json_out: bool = typer.Option(False, "--json", help="Print the compaction record's totals as JSON."),
 ) -> None:
     """Remove dead channels and store the sparse weights compactly (compact.json + compact.safetensors)."""
+    from gemdeploy.errors import GemdeployError
+
+    if finetune_epochs < 0:
+        raise GemdeployError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
+    if round_to < 1:
+        raise GemdeployError(f"--round-to must be >= 1, got {round_to}")
     from gemdeploy.run.artifacts import RunArtifacts
     from gemdeploy.compact.compaction import RECORD, compact_run
-    from gemdeploy.errors import GemdeployError
 
     if pattern is None:
         if out is not None:
@@ -53,19 +58,36 @@ def compact(
             raise GemdeployError("--out must differ from RUN: the source run is never modified")
         from gemdeploy.compact.nm_project import project_run
 
-        project_run(run, out, nm=nm, finetune_epochs=finetune_epochs, round_to=round_to, overwrite=overwrite,
-                    device=device, quiet=quiet)
-        record, target = RunArtifacts.open(out).run.read_json(RECORD), out
+        summary = project_run(run, out, nm=nm, finetune_epochs=finetune_epochs, round_to=round_to,
+                              overwrite=overwrite, device=device, quiet=quiet)
+        new = RunArtifacts.open(out)
+        record, target = new.run.read_json(RECORD), out
+        source = RunArtifacts.open(run)
+        projected = {"nm": nm, "test_acc": (summary or {}).get("test_acc", new.summary().get("test_acc")),
+                     "source_test_acc": source.summary().get("test_acc") if source.is_finished() else None,
+                     "finetune_epochs": finetune_epochs}
+        print_record(record, target, json_out, projected)
+        return
     else:
         raise GemdeployError(f"unknown --pattern {pattern!r} for compact; choose 2:4 (or leave it out)")
     print_record(record, target, json_out)
 
 
-def print_record(record: dict, path: Path, json_out: bool) -> None:
+def nm_layers(record: dict) -> tuple[int, int]:
+    """(layers whose weights hold N:M, layers eligible for it) from compact.json's per-layer record."""
+    eligible = [r for r in record["layers"] if r.get("nm_eligible")]
+    return sum(1 for r in eligible if r.get("nm_holds")), len(eligible)
+
+
+def print_record(record: dict, path: Path, json_out: bool, projected: dict | None = None) -> None:
     import json
 
     if json_out:
-        print(json.dumps({k: record[k] for k in ("before", "after", "file_bytes", "round_to", "check")}, indent=2))
+        out = {k: record[k] for k in ("before", "after", "file_bytes", "round_to", "check")}
+        if projected is not None:
+            holds, eligible = nm_layers(record)
+            out["projected"] = {**projected, "nm_layers_hold": holds, "nm_layers_eligible": eligible}
+        print(json.dumps(out, indent=2))
         return
     before, after, files = record["before"], record["after"], record["file_bytes"]
     table = Table(title=f"gemdeploy compact -> {path}")
@@ -80,3 +102,12 @@ def print_record(record: dict, path: Path, json_out: bool) -> None:
     changed = [r for r in record["layers"] if (r["in_before"], r["out_before"]) != (r["in_after"], r["out_after"])]
     print(f"{len(changed)} of {len(record['layers'])} layers thinner; max |logit diff| "
           f"{record['check']['max_abs_logit_diff']:.2e} (logit scale {record['check']['logit_scale']:.2e})")
+    if projected is not None:
+        holds, eligible = nm_layers(record)
+        acc, src = projected.get("test_acc"), projected.get("source_test_acc")
+        acc_text = "n/a (synthetic data)" if acc is None else f"{acc:.2%}"
+        if acc is not None and src is not None:
+            acc_text += f" (source run {src:.2%}, {(acc - src) * 100:+.1f} points after {projected['finetune_epochs']} " \
+                        f"fine-tuning epoch{'s' if projected['finetune_epochs'] != 1 else ''})"
+        print(f"{projected['nm']} holds in {holds} of {eligible} eligible layers (ungrouped, input channels a "
+              f"multiple of M, not the first conv); new run's test accuracy: {acc_text}")

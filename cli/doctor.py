@@ -57,10 +57,14 @@ def collect() -> dict:
     info["precisions"] = {
         # every export precision is verified through ONNX Runtime's fp32 reference (sparse-cpu through its runtime)
         "export": PRECISIONS.names() if ort_ok else [],
-        "onnx": [p for p in ("fp32", "fp16", "int8") if p in PRECISIONS] if ort_ok else [],
+        # ORT CPU runs fp16 graphs and Q/DQ INT8
+        "onnx": [p for p in ("fp32", "fp16", "int8", "int8-cpu") if p in PRECISIONS] if ort_ok else [],
         "tensorrt": ([p for p, need in (("fp32", 0), ("fp16", 5.3), ("int8", 6.1)) if cap >= need] if trt_ok else []),
         "sparse_tensor_cores": bool(trt_ok and cap >= 8.0),
     }
+    from gemdeploy.machine import describe_int8_cpu, int8_cpu
+
+    info["cpu_int8"] = {**int8_cpu(), "description": describe_int8_cpu()}
     return info
 
 
@@ -86,6 +90,10 @@ def doctor(json_out: bool = typer.Option(False, "--json", metavar="", help="Mach
     env.add_row("ONNX Runtime", f"{info['onnxruntime']}: {', '.join(info['onnxruntime_providers'])}"
                 if info["onnxruntime"] else f"[red]missing[/red]: {escape(info['onnxruntime_reason'])}")
     env.add_row("TensorRT", info["tensorrt"] or f"[red]missing[/red]: {escape(info['tensorrt_reason'])}")
+    cpu8 = info["cpu_int8"]
+    env.add_row("CPU INT8", cpu8["description"] + (": ONNX Runtime's INT8 kernels can saturate with full-range "
+                                                    "weights, use --precision int8-cpu" if cpu8["pair_sums_saturate"]
+                                                    else ""))
     cmds = Table(title="commands")
     cmds.add_column("command")
     cmds.add_column("available")

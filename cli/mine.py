@@ -21,7 +21,7 @@ _OWN = [
     inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
         False, "--overwrite", metavar="", help="Replace a run directory gemdeploy wrote (never a foreign folder).")),
     inspect.Parameter("nproc_per_node", inspect.Parameter.KEYWORD_ONLY, annotation=int, default=typer.Option(
-        1, "--nproc-per-node", min=1, help="Data-parallel processes on this machine (launches torchrun).")),
+        1, "--nproc-per-node", help="Data-parallel processes on this machine, >= 1 (launches torchrun).")),
     inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                       default=typer.Option(False, "--quiet", "-q", metavar="", help="No progress bar.")),
     inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
@@ -35,6 +35,10 @@ def _mine(**values) -> None:
     import os
 
     out, resume, overwrite = values["out"], values["resume"], values["overwrite"]
+    if values["nproc_per_node"] < 1:
+        from gemdeploy.errors import GemdeployError
+
+        raise GemdeployError(f"--nproc-per-node must be >= 1, got {values['nproc_per_node']}")
     # Bad values (and missing files) fail before torch, or the user's code, is imported.
     cfg = None if resume else from_cli(MineConfig, values).validate().check_files()
     if not resume and int(os.environ.get("RANK", "0")) == 0:
@@ -46,10 +50,6 @@ def _mine(**values) -> None:
     from gemdeploy.train import distributed as dist
 
     dist.setup_from_env(values["device"])
-    if not resume and dist.is_main():
-        from gemdeploy.run.rundir import RunDir
-
-        RunDir.check_new(out, overwrite=overwrite)  # before any slow work
     try:
         run_command(out, cfg, resume=resume, overwrite=overwrite, quiet=values["quiet"], json_out=values["json_out"])
     finally:

@@ -14,7 +14,7 @@ from gemdeploy.cli.errors import friendly_errors
 def sanity(
     run: Path = typer.Argument(..., help="A finished `gemdeploy mine` run directory."),
     checks: str = typer.Option("shuffle,reinit,invert", help="Comma-separated: shuffle, reinit, invert."),
-    finetune_epochs: Optional[int] = typer.Option(None, min=1, help="Epochs per check (default: the run's own); "
+    finetune_epochs: Optional[int] = typer.Option(None, help="Epochs per check, >= 1 (default: the run's own); "
                                                   "the original ticket is retrained with it when it differs."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress bar."),
@@ -29,6 +29,8 @@ def sanity(
     from gemdeploy.errors import GemdeployError
     from gemdeploy.mine.sanity import CHECKS
 
+    if finetune_epochs is not None and finetune_epochs < 1:
+        raise GemdeployError(f"--finetune-epochs must be >= 1, got {finetune_epochs}")
     wanted = tuple(c.strip() for c in checks.split(",") if c.strip())
     bad = [c for c in wanted if c not in CHECKS]
     if bad or not wanted:

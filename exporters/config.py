@@ -30,7 +30,8 @@ class ExportOptions:
                            choices=lambda: list(EXPORTERS), kind="exporter")
     sparse_cpu_batch: int = option(64, "sparse-cpu: the large batch at which each layer's kernels are timed "
                                    "(they are also timed at batch 1).", check=at_least(2))
-    sparse_storage: bool = option(True, "Also write model.sparse.onnx (weights as ONNX sparse initializers).")
+    sparse_storage: bool = option(True, "Also write model.sparse.onnx (weights as ONNX sparse initializers).",
+                                  off_help="Skip model.sparse.onnx (weights as ONNX sparse initializers).")
     trt: bool = option(False, "Also build a TensorRT engine per precision (needs TensorRT and a CUDA GPU).",
                        panel=_TRT)
     min_batch: int = option(1, "Optimization profile: smallest batch.", check=at_least(1), panel=_TRT)

@@ -199,11 +199,17 @@ def to_sparse_storage(proto: onnx.ModelProto, min_saving: float = 0.0) -> tuple[
 # ONNX Runtime
 
 
-def ort_session(model: str | Path | bytes, providers: list[str] | None = None):
+def ort_session(model: str | Path | bytes, providers: list[str] | None = None, *, optimize: bool = True):
+    """An ONNX Runtime session. ``optimize=False`` disables every graph optimization: Q/DQ INT8 then runs as
+    written (DequantizeLinear, then the float op), i.e. the quantized model's own numerics, which is what TensorRT
+    executes; with optimizations on (the default, what users get) ONNX Runtime fuses Q/DQ into its INT8 kernels,
+    whose arithmetic depends on the CPU (gemdeploy.calibration.x86_emulation)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.intra_op_num_threads = max(1, min(4, os.cpu_count() or 1))
     src = str(model) if isinstance(model, (str, Path)) else model
     try:
@@ -244,10 +250,10 @@ def compare(reference: np.ndarray, got: np.ndarray, precision: str) -> dict:
 
 
 def verify(path: str | Path, model: nn.Module, images: torch.Tensor, precision: str,
-           reference: np.ndarray | None = None) -> dict:
+           reference: np.ndarray | None = None, *, optimize: bool = True) -> dict:
     """Run the ONNX file with ONNX Runtime on ``images`` and compare with PyTorch fp32."""
     reference = torch_logits(model, images) if reference is None else reference
-    got = ort_run(ort_session(path), images)
+    got = ort_run(ort_session(path, optimize=optimize), images)
     if got.shape != reference.shape:
         return {"precision": precision, "ok": False, "error": f"output shape {got.shape} != PyTorch's {reference.shape}"}
     return compare(reference, got, precision)

@@ -91,6 +91,9 @@ def plan(out_dir: Path, opts: ExportOptions, source_sha: str, log: Callable[[str
             todo.append(p)
         elif side["source_sha256"] != source_sha:
             stale.append(name)
+        elif p.startswith("int8") and "verdict" not in side:
+            log(f"{name} predates the INT8 check of both its Q/DQ numerics and ONNX Runtime CPU: redoing it")
+            todo.append(p)
         else:
             log(f"{name} is current (same source weights): kept")
     if stale:
@@ -132,6 +135,9 @@ def export_run(run_path: str | Path, opts: ExportOptions, log: Callable[[str], N
             fp32_side = _sidecar_of(out_dir, job.fp32_path.name) or {}
             job.fp32_acc, job.exporter = fp32_side.get("test_acc"), fp32_side.get("exporter")
         sidecars = {p: PRECISIONS.get(p)().export(job) for p in todo}
+        for side in sidecars.values():  # the others are refused unless verified: their verdict is that check
+            side.setdefault("verdict", {"ok": bool(side["verification"]["ok"]), "cause": None,
+                                        "message": f"{side['file']}: verified ({_what_was_checked(side)})"})
         extra_files = _sizes_and_sparse_storage(job, masked, "fp32" in todo)
         if "fp32" in sidecars:
             sidecars["fp32"]["sizes"] = job.notes["fp32_sizes"]
@@ -147,6 +153,13 @@ def export_run(run_path: str | Path, opts: ExportOptions, log: Callable[[str], N
         record["tensorrt"] = _build_engines(art, out_dir, opts, record, log)
     write_json(out_dir / layout.RECORD, record)
     return record
+
+
+def _what_was_checked(side: dict) -> str:
+    check = side.get("verification") or {}
+    if side.get("precision") == "fp16":
+        return f"top-1 agreement with PyTorch {check.get('top1_agreement', 0):.2%}"
+    return f"max |diff| to PyTorch {check.get('max_abs_diff', float('nan')):.2g} <= {check.get('tolerance', float('nan')):.2g}"
 
 
 def _check_gpu_precisions(opts: ExportOptions) -> None:
@@ -211,11 +224,23 @@ def _record(art: RunArtifacts, out_dir: Path, opts: ExportOptions, source: str, 
     if job.notes.get("drop_sparse_storage"):
         for stale in (layout.SPARSE_STORAGE, layout.sidecar(layout.SPARSE_STORAGE)):
             (out_dir / stale).unlink(missing_ok=True)
-    artifacts, accuracy, present = {}, {}, {}
+    from gemdeploy.exporters.precisions.int8 import verdict_of
+
+    artifacts, accuracy, present, verdicts = {}, {}, {}, {}
     for p in PRECISIONS.names():
-        side = _sidecar_of(out_dir, PRECISIONS.get(p).file)
+        name = PRECISIONS.get(p).file
+        side = _sidecar_of(out_dir, name)
         if side is not None and side["source_sha256"] == job.source_sha256:
+            if side.get("precision", p).startswith("int8"):
+                verdict = verdict_of(side, opts.max_int8_drop)
+                if verdict != side.get("verdict"):  # judged under another --max-int8-drop: the sidecar follows
+                    side = {**side, "verdict": verdict, "drop_points": verdict["drop_points"],
+                            "max_drop_points": opts.max_int8_drop,
+                            "verification": {**(side.get("verification") or {}), "ok": verdict["ok"]}}
+                    write_json(out_dir / layout.sidecar(name), side)
             artifacts[p], accuracy[p], present[p] = side["file"], side.get("test_acc"), side
+            verdicts[p] = side.get("verdict") or {"ok": bool((side.get("verification") or {}).get("ok")),
+                                                  "cause": None, "message": None}
     sparse_side = _sidecar_of(out_dir, layout.SPARSE_STORAGE)
     if sparse_side is not None and sparse_side["source_sha256"] == job.source_sha256:
         artifacts["sparse"] = sparse_side["file"]
@@ -226,7 +251,8 @@ def _record(art: RunArtifacts, out_dir: Path, opts: ExportOptions, source: str, 
     sizes = {"dense_bytes": sizes.get("dense_bytes"), "compacted_bytes": sizes.get("compacted_bytes"),
              "sparse_storage_bytes": sparse_side["bytes"] if sparse_side and "sparse" in artifacts
              else (fp32.get("bytes") if job.notes.get("sparse_storage_note") else None),
-             "int8_bytes": present.get("int8", {}).get("bytes")}
+             "int8_bytes": present.get("int8", {}).get("bytes"),
+             "int8_cpu_bytes": present.get("int8-cpu", {}).get("bytes")}
     if job.notes.get("sparse_storage_note"):
         sizes["sparse_storage_note"] = job.notes["sparse_storage_note"]
     int8 = present.get("int8", {})
@@ -234,11 +260,13 @@ def _record(art: RunArtifacts, out_dir: Path, opts: ExportOptions, source: str, 
         "run": str(art.run.path), "model": art.config.model, "data": art.config.data, "pattern": art.config.pattern,
         "source": source, "source_note": note, "source_sha256": job.source_sha256, "precisions": list(artifacts),
         "exported_now": todo, "verify_samples": int(len(job.verify_images)), "artifacts": artifacts,
-        "accuracy": accuracy, "sizes": sizes, "exporter": fp32.get("exporter"),
+        "accuracy": accuracy, "verdicts": verdicts,
+        "qdq_accuracy": {p: side.get("qdq_test_acc") for p, side in present.items() if "qdq_test_acc" in side},
+        "sizes": sizes, "exporter": fp32.get("exporter"),
         "sparsity_24": fp32.get("sparsity_24", {}) | {"tensors": fp32.get("sparsity_24_tensors")},
         "int8_drop_points": int8.get("drop_points"),
-        "int8_drop_ok": None if not int8 else (int8.get("drop_points") is None
-                                               or int8["drop_points"] <= opts.max_int8_drop),
+        "int8_drop_ok": verdicts["int8"]["ok"] if "int8" in verdicts else None,
+        "int8_ok": all(verdicts[p]["ok"] for p in verdicts if p.startswith("int8")),
         "max_int8_drop": opts.max_int8_drop, "export_seconds": round(seconds, 2), "tensorrt": None,
     }
 
@@ -257,8 +285,8 @@ def _build_engines(art: RunArtifacts, out_dir: Path, opts: ExportOptions, record
     cache = Path(opts.timing_cache) if opts.timing_cache else _default_timing_cache()
     engines = {}
     for p in opts.precision:
-        if not PRECISIONS.get(p).file.endswith(".onnx"):
-            continue  # sparse-cpu: a file for gemdeploy's CPU runtime, not for TensorRT
+        if not PRECISIONS.get(p).engine:
+            continue  # sparse-cpu, int8-cpu: files for CPU runtimes, not for TensorRT
         side = build_engine(out_dir / PRECISIONS.get(p).file, out_dir / layout.engine_file(p),
                             input_shape=art.input_shape, precision=p, sparse=sparse, min_batch=opts.min_batch,
                             opt_batch=opts.opt_batch, max_batch=opts.max_batch, workspace_mib=opts.workspace_mib,

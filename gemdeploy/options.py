@@ -40,14 +40,20 @@ class Spec:
     # Values accepted besides the choices (e.g. a `file.py:factory` spec); `check` still runs on them.
     also: Callable[[Any], bool] | None = None
     also_help: str | None = None  # how the refusal of an unknown choice names those other forms
+    off_help: str | None = None  # a bool that is on by default: the help of its --no-NAME switch
+
+
+NO_PREFIX = "no__"  # the command-line parameter of a default-on bool's --no-NAME switch
 
 
 def option(default: Any, help: str, *, check: Check | None = None, choices: Callable[[], list[str]] | None = None,
            cli: bool = True, flag: str | None = None, short: str | None = None, metavar: str | None = None,
            panel: str | None = None, kind: str | None = None, parse: Callable[[str], Any] | None = None,
-           also: Callable[[Any], bool] | None = None, also_help: str | None = None) -> Any:
-    """A dataclass field with its command-line declaration (a list default is copied for every instance)."""
-    spec = Spec(help, check, choices, cli, flag, short, metavar, panel, kind, parse, also, also_help)
+           also: Callable[[Any], bool] | None = None, also_help: str | None = None,
+           off_help: str | None = None) -> Any:
+    """A dataclass field with its command-line declaration (a list default is copied for every instance). A bool
+    that defaults to True gets only a ``--no-NAME`` switch on the command line (help: ``off_help``)."""
+    spec = Spec(help, check, choices, cli, flag, short, metavar, panel, kind, parse, also, also_help, off_help)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"spec": spec})
     return field(default=default, metadata={"spec": spec})
@@ -194,10 +200,12 @@ def cli_parameters(cls, *, skip: tuple[str, ...] = (), overrides: dict[str, Any]
         tp = hints[f.name]
         default = base.get(f.name)
         names = [flag_name(f)] + ([spec.short] if spec.short else [])
-        if tp is bool:
-            names = [names[0] + "/--no-" + names[0][2:]] + names[1:] if default else names
-        extra = {"metavar": spec.metavar} if spec.metavar else {}
+        param_name = f.name
         help_text = spec.help
+        if tp is bool and default:  # on by default: only the off switch is an option (one short name column)
+            names, param_name, default = ["--no-" + names[0][2:]], NO_PREFIX + f.name, False
+            help_text = spec.off_help or f"Turn off: {spec.help[0].lower()}{spec.help[1:]}"
+        extra = {"metavar": spec.metavar} if spec.metavar else {}
         if spec.choices is not None:  # listed once in the help text; the metavar stays short
             help_text += f" Choices: {', '.join(spec.choices())}."
             extra.setdefault("metavar", "NAME")
@@ -209,7 +217,7 @@ def cli_parameters(cls, *, skip: tuple[str, ...] = (), overrides: dict[str, Any]
             default = None if default is None else str(default)
         opt = typer.Option(default, *names, help=help_text, rich_help_panel=spec.panel, show_default=tp is not bool,
                            **extra)
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=annotation))
+        params.append(inspect.Parameter(param_name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=annotation))
     return params
 
 
@@ -224,6 +232,9 @@ def from_cli(cls, values: dict[str, Any], **fixed: Any):
     """An instance of ``cls`` from the parsed command-line ``values`` (extra keys ignored) plus ``fixed``."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if k in fields}
+    for k, v in values.items():  # --no-NAME switches of options that are on by default
+        if k.startswith(NO_PREFIX) and k[len(NO_PREFIX):] in fields and isinstance(v, bool):
+            kwargs[k[len(NO_PREFIX):]] = not v
     for name, value in kwargs.items():
         spec = spec_of(fields[name])
         if spec is not None and spec.parse is not None and isinstance(value, str):

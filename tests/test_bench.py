@@ -16,8 +16,17 @@ def runs(tmp_path_factory):
     cli("mine", "--model", "lenet300", "--sparsity", "0.95", "--out", gm, *TINY, check=True)
     cli("mine", "--model", "lenet300", "--method", "dense", "--out", dense, *TINY, check=True)
     for r in (gm, dense):
-        cli("export", r, check=True)
+        cli("export", r, "--precision", "int8", check=True)
     return gm, dense
+
+
+@pytest.fixture(scope="module")
+def imp_run(tmp_path_factory):
+    """A real IMP run with its saved levels (4 levels to 50% sparsity on the digits)."""
+    out = tmp_path_factory.mktemp("bench-imp") / "imp"
+    cli("mine", "--model", "lenet300", "--method", "imp", "--sparsity", "0.5", "--out", out, "--data", "digits",
+        "--epochs", "1", "--finetune-epochs", "1", "--quiet", check=True)
+    return out
 
 
 @pytest.mark.slow
@@ -37,8 +46,28 @@ def test_bench_reports_every_run_backend_and_batch(runs, tmp_path):
             assert batches == [1, 8], (run, backend)
     for r in result["rows"]:
         lat = r["latency_ms"]
-        assert 0 < lat["min"] <= lat["median"] <= lat["p90"] <= lat["p99"]
+        assert 0 < lat["min"] <= lat["p10"] <= lat["median"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert lat["calls"] >= 3 and isinstance(lat["noisy"], bool)  # 3 calls, more when re-measured
+        assert lat["spread"] == pytest.approx((lat["p90"] - lat["p10"]) / lat["median"])
+        assert lat["remeasured"] == (lat["first_attempt"] is not None)
         assert r["throughput_ips"] > 0 and r["file_bytes"] > 0 and r["macs"] > 0
+        assert 0 < r["nonzero_macs"] <= r["macs"]
+        assert r["cpu_threads"] == (1 if r["device"] == "cpu" else None)
+    # Every speed-up and accuracy delta is against the dense run's fp32 on the same backend and batch (named),
+    # with a second figure against the dense run in the row's own precision.
+    rows = {(r["run"], r["backend"], r["precision"], r["batch"]): r for r in result["rows"]}
+    for (run, backend, precision, batch), r in rows.items():
+        base = rows[("dense", backend, "fp32", batch)]
+        assert r["baseline"] == f"dense fp32 on {backend}"
+        assert r["speedup_vs_dense_fp32"] == pytest.approx(base["latency_ms"]["median"] / r["latency_ms"]["median"])
+        assert r["acc_delta_vs_dense_fp32"] == pytest.approx(r["test_acc"] - base["test_acc"])
+        same = rows[("dense", backend, precision, batch)]
+        assert r["speedup_vs_dense_same_precision"] == pytest.approx(same["latency_ms"]["median"] / r["latency_ms"]["median"])
+        assert r["acc_delta_vs_dense_same_precision"] == pytest.approx(r["test_acc"] - same["test_acc"])
+    # The dense run's own INT8 is measured against its fp32 (no longer 1.00x against itself).
+    dense_int8, dense_fp32 = rows[("dense", "onnxruntime-cpu", "int8", 8)], rows[("dense", "onnxruntime-cpu", "fp32", 8)]
+    assert dense_int8["speedup_vs_dense_same_precision"] == 1.0
+    assert dense_int8["acc_delta_vs_dense_fp32"] == pytest.approx(dense_int8["test_acc"] - dense_fp32["test_acc"])
     # The exported ONNX gives the same test accuracy as PyTorch on the same split.
     for run in ("gm", "dense"):
         accs = {r["backend"]: r["test_acc"] for r in result["rows"] if r["run"] == run and r["precision"] == "fp32"}
@@ -52,15 +81,53 @@ def test_bench_reports_every_run_backend_and_batch(runs, tmp_path):
         assert "tensorrt" in named and named["tensorrt"]
     if "pytorch-cuda" not in backends:
         assert "pytorch-cuda" in named
-    # The report and its plots exist and are real PNGs.
+    # The report and its plots exist and are real PNGs; the report says how, where, when and with what it was made.
     report = (out / "report.md").read_text()
     assert "| gm |" in report and "| dense |" in report
+    assert "Command: `gemdeploy bench " in report and f"--against {dense}" in report
+    assert "Version: gemdeploy " in report and "Date: " in report and "Machine: " in report
+    assert "## Verdict" in report and "**Verdict: " in report and "dense fp32" in report
+    assert "nonzero MACs" in report and "Baseline: dense fp32 on onnxruntime-cpu" in report
+    assert "CPU backends on 1 thread" in report
     assert ("## Not measured" in report) == bool(result["unavailable"])
     for png in ("accuracy_vs_latency.png", "latency_by_backend.png", "accuracy_vs_density.png"):
         data = (out / png).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5_000, png
         assert f"({png})" in report
-    assert json.loads((out / "bench.json").read_text())["rows"] == result["rows"]
+    saved = json.loads((out / "bench.json").read_text())
+    assert saved["rows"] == result["rows"] and saved["command"].startswith("gemdeploy bench ")
+    assert saved["options"]["threads"] == 1
+
+
+@pytest.mark.slow
+def test_bench_defaults_to_one_thread_and_plots_every_imp_level(runs, imp_run, tmp_path):
+    gm, dense = runs
+    out = tmp_path / "report"
+    proc = cli("bench", gm, "--against", dense, "--against", imp_run, "--batch-size", "4", "--iters", "3",
+               "--warmup", "1", "--backend", "pytorch-cpu", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 CPU thread" in proc.stdout and "Verdict:" in proc.stdout
+    result = json.loads((out / "bench.json").read_text())
+    assert result["options"]["threads"] == 1 and result["options"]["threads_requested"] == 1
+    assert all(r["cpu_threads"] == 1 for r in result["rows"])
+    imp = next(r for r in result["runs"] if r["name"] == "imp")
+    assert len(imp["imp_levels"]) == 4  # 0.8^3 = 51% > 50% >= 0.8^4: levels 0..3
+    densities = [lv["density"] for lv in imp["imp_levels"]]
+    assert densities == sorted(densities, reverse=True) and densities[0] == pytest.approx(1.0)
+    assert all(0 <= lv["val_acc"] <= 1 for lv in imp["imp_levels"])
+    assert all(r["imp_levels"] == [] for r in result["runs"] if r["name"] != "imp")
+    assert (out / "accuracy_vs_density.png").stat().st_size > 5_000
+
+
+def test_latency_stats_and_noise_flag():
+    from gemdeploy.bench.measure import NOISY_SPREAD, is_noisy, latency_stats
+
+    steady = latency_stats([0.001] * 9 + [0.0011])
+    assert steady["median"] == pytest.approx(1.0) and steady["calls"] == 10 and not is_noisy(steady)
+    # One slow call in ten does not move the median; a machine busy half the time makes the spread noisy.
+    busy = latency_stats([0.0005] * 5 + [0.01] * 5)
+    assert busy["p90"] > busy["median"] and busy["spread"] > NOISY_SPREAD and is_noisy(busy)
+    assert busy["min"] == pytest.approx(0.5) and busy["max"] == pytest.approx(10.0)
 
 
 @pytest.mark.slow

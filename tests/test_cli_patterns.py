@@ -67,6 +67,13 @@ def test_compact_projects_a_run_to_2_4_into_a_new_directory(lenet_run, tmp_path)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["pattern"] == "2:4" and summary["ticket"]["projected_from"] == str(lenet_run.resolve())
     assert (out / "compact.safetensors").is_file()
+    # It says what the projection cost and where 2:4 holds (compact.json's per-layer record).
+    layers = json.loads((out / "compact.json").read_text())["layers"]
+    holds = sum(1 for r in layers if r["nm_eligible"] and r["nm_holds"])
+    eligible = sum(1 for r in layers if r["nm_eligible"])
+    assert eligible > 0 and f"2:4 holds in {holds} of {eligible} eligible layers" in proc.stdout
+    source_acc = json.loads((lenet_run / "summary.json").read_text())["test_acc"]
+    assert f"new run's test accuracy: {summary['test_acc']:.2%} (source run {source_acc:.2%}" in proc.stdout
     # The new directory is never silently replaced.
     assert_clean_error(cli("compact", lenet_run, "--pattern", "2:4", "--out", out), "already exists")
 

@@ -21,7 +21,9 @@ def test_doctor_json_describes_this_machine():
     assert info["onnxruntime"] == onnxruntime.__version__
     assert "CPUExecutionProvider" in info["onnxruntime_providers"]
     assert info["commands"]["export"]["available"] is True
-    assert info["precisions"]["onnx"] == ["fp32", "fp16", "int8"]
+    assert info["precisions"]["onnx"] == ["fp32", "fp16", "int8", "int8-cpu"]
+    assert isinstance(info["cpu_int8"]["description"], str)
+    assert info["cpu_int8"]["pair_sums_saturate"] == (info["cpu_int8"]["x86"] and info["cpu_int8"]["vnni"] is False)
     trt = tensorrt_status()
     if not trt["available"]:
         assert info["tensorrt"] is None and "pip install tensorrt" in info["tensorrt_reason"]

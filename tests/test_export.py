@@ -193,7 +193,8 @@ def test_every_calibration_method_gives_symmetric_per_channel_qdq(method, tmp_pa
 def exported(lenet_run, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("export") / "lenet"
     shutil.copytree(lenet_run, run, ignore=shutil.ignore_patterns("export"))
-    proc = cli("export", run, "--precision", "fp16", "--precision", "int8", "--calib-samples", "256")
+    proc = cli("export", run, "--precision", "fp16", "--precision", "int8", "--precision", "int8-cpu",
+               "--calib-samples", "256")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return run
 
@@ -237,6 +238,104 @@ def test_int8_is_symmetric_qdq_and_accurate(exported):
     assert record["accuracy"]["int8"] >= record["accuracy"]["fp32"] - 0.01  # within 1 point on mnist5k
     side = json.loads((out / "model.int8.json").read_text())
     assert side["calibration"]["samples"] == 256 and side["calibration"]["method"] == "entropy"
+    assert side["calibration"]["reduce_range"] is False and side["cpu_portability"]["weights_max_abs"] == 127
+
+
+def test_each_int8_file_is_measured_twice_and_has_one_verdict(exported):
+    """Q/DQ numerics (ONNX Runtime without graph optimizations: what TensorRT runs) and ONNX Runtime CPU (this
+    machine's fused kernels) are both recorded; the verdict in the sidecar is the one in export.json."""
+    out = exported / "export"
+    record = json.loads((out / "export.json").read_text())
+    fp32 = record["accuracy"]["fp32"]
+    for precision in ("int8", "int8-cpu"):
+        side = json.loads((out / f"model.{precision}.json").read_text())
+        checks = side["verification"]
+        assert checks["qdq_numerics"]["how"].endswith("graph optimizations off")
+        assert checks["onnxruntime_cpu"]["how"].endswith("graph optimizations on")
+        assert checks["qdq_numerics"]["test_acc"] == side["qdq_test_acc"] == record["qdq_accuracy"][precision]
+        assert checks["onnxruntime_cpu"]["test_acc"] == side["test_acc"] == record["accuracy"][precision]
+        assert side["verdict"] == record["verdicts"][precision] and checks["ok"] == side["verdict"]["ok"]
+        assert side["verdict"]["drop_points"] == pytest.approx((fp32 - side["test_acc"]) * 100, abs=1e-3)
+        assert side["verdict"]["qdq_drop_points"] == pytest.approx((fp32 - side["qdq_test_acc"]) * 100, abs=1e-3)
+        assert side["qdq_test_acc"] >= fp32 - 0.01  # within 1 point on mnist5k
+    assert record["int8_drop_ok"] == record["verdicts"]["int8"]["ok"]
+    assert record["int8_drop_points"] == record["verdicts"]["int8"]["drop_points"]
+    for name in ("fp32", "fp16"):  # the other files: verified or not written, and export.json says the same
+        side = json.loads((out / f"model.{name}.json").read_text())
+        assert side["verdict"]["ok"] and record["verdicts"][name] == side["verdict"]
+
+
+def test_int8_cpu_has_7_bit_weights_that_cannot_saturate_x86_kernels(exported):
+    from gemdeploy.calibration.int8 import qdq_report
+    from gemdeploy.calibration.x86_emulation import max_abs_weight
+
+    out = exported / "export"
+    proto = onnx.load(str(out / "model.int8-cpu.onnx"))
+    report = qdq_report(proto)
+    assert report["symmetric"] and all(v["weight_int8"] and v["per_channel"] for v in report["layers"].values())
+    assert max_abs_weight(proto) <= 64  # 2 x 255 x 64 = 32,640 <= 32,767: no int16 pair sum can saturate
+    side = json.loads((out / "model.int8-cpu.json").read_text())
+    assert side["calibration"]["reduce_range"] is True and side["calibration"]["scheme"] == "cpu"
+    assert side["cpu_portability"]["saturation_free_on_x86"] and side["cpu_portability"]["pair_sum_bound"] <= 32767
+    assert json.loads((out / "model.int8.json").read_text())["cpu_portability"]["saturation_free_on_x86"] is False
+    assert json.loads((out / "export.json").read_text())["sizes"]["int8_cpu_bytes"] == side["bytes"]
+
+
+def test_int8_cpu_is_exact_under_the_emulated_x86_kernels_without_vnni(exported):
+    """The emulation of ONNX Runtime's u8 x s8 kernels without VNNI (saturating int16 pair sums) gives the
+    7-bit file's Q/DQ numerics back: nothing saturates."""
+    from gemdeploy.calibration.x86_emulation import emulate
+    from gemdeploy.run.artifacts import RunArtifacts
+
+    images = RunArtifacts.open(exported).data("cpu").sample_images(128, "test").float().numpy()
+    path = exported / "export" / "model.int8-cpu.onnx"
+    exact = ox.ort_run(ox.ort_session(path, optimize=False), images)
+    emulated = emulate(path, images)
+    assert (emulated.argmax(1) == exact.argmax(1)).mean() >= 0.99
+    assert np.abs(emulated - exact).max() <= 2 * np.abs(exact).max() / 100  # requantization rounding only
+
+
+def test_int8_verdict_names_the_cause_and_the_fix():
+    from gemdeploy.exporters.precisions.int8 import int8_verdict
+
+    avx2 = {"pair_sums_saturate": True, "description": "AVX2 without VNNI"}
+    # The issue's case: the Q/DQ numerics are fine, ONNX Runtime's kernels on an AVX2 CPU are not.
+    v = int8_verdict("int8", 0.926, 0.927, 0.711, 1.0, avx2)
+    assert not v["ok"] and v["cause"] == "cpu-kernels" and v["drop_points"] == pytest.approx(21.5)
+    assert "without VNNI" in v["message"] and "AVX2 without VNNI" in v["message"]
+    assert "--precision int8-cpu" in v["advice"] and "TensorRT" in v["advice"]
+    assert "calib" not in v["advice"]
+    # A loss in the quantized model itself: calibration advice, whatever the CPU.
+    v = int8_verdict("int8", 0.926, 0.80, 0.80, 1.0, avx2)
+    assert not v["ok"] and v["cause"] == "quantization" and "--calib-method" in v["advice"]
+    # Within the limit both ways: ok, no advice.
+    v = int8_verdict("int8-cpu", 0.926, 0.925, 0.924, 1.0, {"pair_sums_saturate": False, "description": "AVX-512 VNNI"})
+    assert v["ok"] and v["cause"] is None and v["advice"] is None
+    assert int8_verdict("int8", None, None, None, 1.0, avx2)["ok"]  # synthetic data: nothing to judge
+
+
+@pytest.mark.slow
+def test_export_reports_a_cpu_only_int8_drop_with_its_cause_and_exit_3(exported, tmp_path):
+    """What export says on an AVX2 machine without VNNI (its measurements written into the sidecar, the file
+    kept): the warning names the CPU kernels and int8-cpu, not calibration; sidecar and export.json agree."""
+    run = tmp_path / "run"
+    shutil.copytree(exported, run)
+    out = run / "export"
+    side = json.loads((out / "model.int8.json").read_text())
+    fp32 = json.loads((out / "export.json").read_text())["accuracy"]["fp32"]
+    side["verification"]["onnxruntime_cpu"]["cpu"] = {"pair_sums_saturate": True, "description": "AVX2 without VNNI"}
+    side.update(qdq_test_acc=fp32, test_acc=fp32 - 0.2, verdict={**side["verdict"], "max_drop_points": None})
+    (out / "model.int8.json").write_text(json.dumps(side))
+    proc = cli("export", run, "--precision", "int8", "--precision", "int8-cpu")
+    assert proc.returncode == 3, proc.stderr
+    warning = [line for line in proc.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warning) == 1 and "model.int8.onnx" in warning[0] and "without VNNI" in warning[0]
+    assert "--precision int8-cpu" in warning[0] and "--calib-method" not in warning[0]
+    record = json.loads((out / "export.json").read_text())
+    side = json.loads((out / "model.int8.json").read_text())
+    assert side["verdict"] == record["verdicts"]["int8"] and side["verdict"]["cause"] == "cpu-kernels"
+    assert record["int8_drop_ok"] is False and side["verification"]["ok"] is False
+    assert record["verdicts"]["int8-cpu"]["ok"]  # the 7-bit file is judged on its own measurements
 
 
 @pytest.mark.slow
@@ -259,7 +358,7 @@ def test_second_export_reuses_the_calibration_cache(exported):
 def test_reexport_keeps_current_files_and_refuses_files_from_other_weights(exported):
     out = exported / "export"
     before = {n: ((out / n).read_bytes(), (out / n).stat().st_mtime_ns) for n in ("model.fp32.onnx", "model.int8.onnx")}
-    proc = cli("export", exported, "--precision", "int8")  # nothing to do: everything is current
+    proc = cli("export", exported, "--precision", "int8", "--precision", "int8-cpu")  # nothing to do
     assert proc.returncode == 0, proc.stderr
     assert "kept" in proc.stdout
     for n, (data, mtime) in before.items():

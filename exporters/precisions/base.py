@@ -35,11 +35,12 @@ class ExportJob:
     exporter: str | None = None
     notes: dict = field(default_factory=dict)  # record fields a precision adds (sparsity_24, int8 verdict, ...)
 
-    def test_accuracy(self, path: Path) -> float | None:
-        """Test accuracy of an ONNX file through ONNX Runtime on this machine's CPU (None on synthetic data)."""
+    def test_accuracy(self, path: Path, *, optimize: bool = True) -> float | None:
+        """Test accuracy of an ONNX file through ONNX Runtime on this machine's CPU (None on synthetic data);
+        ``optimize=False``: with graph optimizations off (a Q/DQ model's own numerics)."""
         if not getattr(self.data, "real", True):
             return None
-        session = ox.ort_session(path)
+        session = ox.ort_session(path, optimize=optimize)
         correct = total = 0
         for x, y in self.data.test.batches(256):
             pred = ox.ort_run(session, x).argmax(1)
@@ -58,6 +59,7 @@ class ExportJob:
 class Precision:
     name = ""
     file = ""  # artifact name in RUN/export/
+    engine = True  # `--trt` builds a TensorRT engine from it (False: a file for a CPU runtime)
 
     def export(self, job: ExportJob) -> dict:
         """Write ``job.stage / self.file``, verify it, return its sidecar (with ``test_acc``)."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import statistics
+import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -67,8 +69,47 @@ def size_info(run: RunInfo, path: Path, model_cache: dict) -> dict:
     return {**model_cache[run.name], "file_bytes": path.stat().st_size if path.is_file() else None}
 
 
-def percentile(times: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(times), q))
+NOISY_SPREAD = 0.5  # a latency whose p10-p90 range exceeds half its median is flagged noisy
+REMEASURE_FACTOR = 4  # a noisy one is measured again with this many times the calls ...
+REMEASURE_BUDGET_S = 10.0  # ... within about this many seconds
+
+
+def latency_stats(seconds: list[float]) -> dict:
+    """Milliseconds: median and the spread around it (p10..p90, p25..p75, p99, min, max, std), and ``spread``,
+    the p10-p90 range relative to the median."""
+    t = np.asarray(seconds, dtype=np.float64) * 1e3
+    q = {k: float(np.percentile(t, k)) for k in (10, 25, 50, 75, 90, 99)}
+    med = q[50]
+    return {"median": med, "p10": q[10], "p25": q[25], "p75": q[75], "p90": q[90], "p99": q[99],
+            "min": float(t.min()), "max": float(t.max()), "std": float(t.std(ddof=1)) if len(t) > 1 else 0.0,
+            "spread": (q[90] - q[10]) / med if med > 0 else 0.0, "calls": int(len(t))}
+
+
+def is_noisy(lat: dict) -> bool:
+    return lat["spread"] > NOISY_SPREAD
+
+
+def timed(runner: Runner, images: torch.Tensor, iters: int, warmup: int) -> dict:
+    """Latency of ``runner`` on ``images``; a noisy measurement is repeated once with more calls (the repeat is
+    kept, the first attempt recorded) and stays flagged ``noisy`` if it is still noisy."""
+    lat = latency_stats(runner.time(images, iters, warmup))
+    first = None
+    if is_noisy(lat):
+        more = max(iters, min(iters * REMEASURE_FACTOR, int(REMEASURE_BUDGET_S * 1e3 / max(lat["median"], 1e-3))))
+        first = {k: lat[k] for k in ("median", "p10", "p90", "min", "spread", "calls")}
+        lat = latency_stats(runner.time(images, more, warmup))
+    return {**lat, "noisy": is_noisy(lat), "remeasured": first is not None, "first_attempt": first}
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def resolve_threads(requested: int) -> int:
+    return requested if requested > 0 else (os.cpu_count() or 1)
 
 
 def choose_backends(opts: BenchOptions) -> tuple[list, list[dict]]:
@@ -89,13 +130,21 @@ def choose_backends(opts: BenchOptions) -> tuple[list, list[dict]]:
 def measure(paths: list[Path], opts: BenchOptions, progress: Callable[[str], None] = lambda s: None) -> dict:
     opts = opts.resolve()
     runs = open_runs(paths)
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
-    threads = torch.get_num_threads()
+    threads = resolve_threads(opts.threads)
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)  # PyTorch; ONNX Runtime and the sparse runtime get it per session
+    try:
+        return _measure(runs, opts, threads, progress)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _measure(runs: list[RunInfo], opts: BenchOptions, threads: int, progress: Callable[[str], None]) -> dict:
     backends, skipped = choose_backends(opts)
     data = runs[0].art.data("cpu")
     test_images = data.sample_images(max(opts.batch_sizes), "test").float()
     rows, cache = [], {}
+    load_before, started = load_average(), time.time()
     for run in runs:
         for backend in backends:
             items = backend.artifacts(run, threads)
@@ -115,27 +164,59 @@ def measure(paths: list[Path], opts: BenchOptions, progress: Callable[[str], Non
                 acc_batch = min(256, runner.max_batch or 256)
                 acc = accuracy(runner, data.test, acc_batch)
                 for batch in opts.batch_sizes:
-                    times = runner.time(real_batch(test_images, batch), opts.iters, opts.warmup)
-                    med = statistics.median(times)
+                    lat = timed(runner, real_batch(test_images, batch), opts.iters, opts.warmup)
                     rows.append({
                         "run": run.name, "method": run.summary["method"], "pattern": run.summary.get("pattern"),
                         "sparsity": run.summary["sparsity"], "backend": backend.name, "device": backend.device,
                         "artifact": item.label, "precision": item.precision, "batch": batch, "test_acc": acc,
-                        "latency_ms": {"median": med * 1e3, "p90": percentile(times, 90) * 1e3,
-                                       "p99": percentile(times, 99) * 1e3,
-                                       "std": (statistics.stdev(times) if len(times) > 1 else 0.0) * 1e3,
-                                       "min": min(times) * 1e3},
-                        "throughput_ips": batch / med, "iters": opts.iters, "warmup": opts.warmup,
+                        "latency_ms": lat, "throughput_ips": batch / (lat["median"] / 1e3),
+                        "iters": opts.iters, "warmup": opts.warmup,
                         "cpu_threads": threads if backend.device == "cpu" else None,
                         **size_info(run, item.path, cache),
                     })
-    _add_relative(rows, runs)
+    ref = _reference(runs)
+    add_relative(rows, ref.name)
     return {"runs": [{"name": r.name, "path": str(r.art.run.path), "method": r.summary["method"],
                       "model": r.summary["model"], "data": r.summary["data"], "sparsity": r.summary["sparsity"],
-                      "pattern": r.summary.get("pattern"), "mine_test_acc": r.summary["test_acc"]} for r in runs],
-            "reference": _reference(runs).name, "rows": rows, "unavailable": skipped,
+                      "density": r.summary.get("density", 1.0 - r.summary["sparsity"]),
+                      "pattern": r.summary.get("pattern"), "mine_test_acc": r.summary["test_acc"],
+                      "imp_levels": imp_levels(r)} for r in runs],
+            "reference": ref.name, "reference_is_dense": ref.summary["method"] == "dense",
+            "rows": rows, "unavailable": skipped,
             "options": {"batch_sizes": opts.batch_sizes, "backends": opts.backend or None, "iters": opts.iters,
-                        "warmup": opts.warmup, "threads": threads}}
+                        "warmup": opts.warmup, "threads": threads, "threads_requested": opts.threads,
+                        "noisy_spread": NOISY_SPREAD, "remeasure_factor": REMEASURE_FACTOR},
+            "conditions": {"load_average_before": load_before, "load_average_after": load_average(),
+                           "seconds": round(time.time() - started, 1)}}
+
+
+def imp_levels(run: RunInfo) -> list[dict]:
+    """Every IMP level a run saved (density, validation accuracy): the level files' metadata, else the ``imp``
+    records of metrics.jsonl; empty for other methods."""
+    from gemdeploy.run import layout
+    from gemdeploy.run.rundir import load_metadata
+
+    levels = {}
+    folder = run.art.run / layout.IMP_LEVELS
+    if Path(folder).is_dir():
+        for f in sorted(Path(folder).glob("level-*.safetensors")):
+            try:
+                rec = json.loads(load_metadata(f).get("record", "null"))
+            except (GemdeployError, ValueError):
+                continue
+            if isinstance(rec, dict) and "density" in rec:
+                levels[rec.get("level", f.stem)] = rec
+    metrics = Path(run.art.run / layout.METRICS)
+    if not levels and metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("phase") == "imp" and "density" in rec:
+                levels[rec.get("level", len(levels))] = rec
+    return [{"level": r.get("level"), "density": float(r["density"]), "val_acc": r.get("val_acc")}
+            for _, r in sorted(levels.items(), key=lambda kv: float(kv[1]["density"]), reverse=True)]
 
 
 def _reference(runs: list[RunInfo]) -> RunInfo:
@@ -143,10 +224,30 @@ def _reference(runs: list[RunInfo]) -> RunInfo:
     return next((r for r in runs if r.summary["method"] == "dense"), runs[0])
 
 
-def _add_relative(rows: list[dict], runs: list[RunInfo]) -> None:
-    ref = _reference(runs).name
+# Where a backend has no fp32 artifact of the reference run (the sparse runtime), its rows are compared with the
+# reference's fp32 on this backend of the same device.
+FP32_BASELINE_BACKEND = {"cpu": "onnxruntime-cpu", "cuda": "onnxruntime-cuda"}
+
+
+def _label(run: str, row: dict) -> str:
+    return f"{run} {row['precision']} on {row['backend']}"
+
+
+def add_relative(rows: list[dict], ref: str) -> None:
+    """Speed-up and accuracy delta of every row against the reference run's fp32 on the same backend and batch
+    (``*_vs_dense_fp32``; the baseline is named in ``baseline``), and against the reference's same precision
+    on the same backend (``*_vs_dense_same_precision``)."""
     index = {(r["run"], r["backend"], r["precision"], r["batch"]): r for r in rows}
     for r in rows:
-        base = index.get((ref, r["backend"], r["precision"], r["batch"])) or index.get((ref, r["backend"], "fp32", r["batch"]))
-        r["speedup_vs_reference"] = base["latency_ms"]["median"] / r["latency_ms"]["median"] if base else None
-        r["acc_delta_vs_reference"] = r["test_acc"] - base["test_acc"] if base else None
+        base = index.get((ref, r["backend"], "fp32", r["batch"]))
+        if base is None and r["device"] in FP32_BASELINE_BACKEND:
+            base = index.get((ref, FP32_BASELINE_BACKEND[r["device"]], "fp32", r["batch"]))
+        same = index.get((ref, r["backend"], r["precision"], r["batch"]))
+        r["baseline"] = _label(ref, base) if base else None
+        r["speedup_vs_dense_fp32"] = base["latency_ms"]["median"] / r["latency_ms"]["median"] if base else None
+        r["acc_delta_vs_dense_fp32"] = r["test_acc"] - base["test_acc"] if base else None
+        r["baseline_same_precision"] = _label(ref, same) if same else None
+        r["speedup_vs_dense_same_precision"] = same["latency_ms"]["median"] / r["latency_ms"]["median"] if same else None
+        r["acc_delta_vs_dense_same_precision"] = r["test_acc"] - same["test_acc"] if same else None
+        r["baseline_noisy"] = bool(base and base["latency_ms"].get("noisy"))
+        r["baseline_same_precision_noisy"] = bool(same and same["latency_ms"].get("noisy"))
