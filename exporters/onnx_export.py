@@ -23,6 +23,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from gemdeploy.errors import GemdeployError
+from gemdeploy.user_code import file_sha256  # noqa: F401 - sidecars and the export record hash files with it
 
 OPSET = 18  # >= 17 (LayerNorm etc.); both TensorRT 10 and 11 parse opset 18
 INPUT_NAME = "input"
@@ -287,23 +288,13 @@ def write_verified(proto: onnx.ModelProto, dest: str | Path, check: Callable[[Pa
         result = check(tmp)
         if not result.get("ok"):
             raise GemdeployError(f"{what} failed verification, not written: {describe_failure(result)}")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # a shippable file: readable like any other the user creates (mkstemp: 0600)
+        from gemdeploy.run.rundir import user_permissions
+
+        user_permissions(tmp)  # a shippable file: readable like any other the user creates
         os.replace(tmp, dest)
         return result
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def file_sha256(path: str | Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def graph_summary(proto: onnx.ModelProto) -> dict:

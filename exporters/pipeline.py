@@ -208,11 +208,11 @@ def _sizes_and_sparse_storage(job: ExportJob, masked: torch.nn.Module, fp32_new:
 
 def _commit(stage: Path, out_dir: Path, sidecars: dict[str, dict]) -> None:
     """Move every verified file into place, each followed by its sidecar (fp32 last: the others refer to it)."""
-    umask = os.umask(0)
-    os.umask(umask)
+    from gemdeploy.run.rundir import user_permissions
+
     for name in sorted(sidecars, key=lambda n: n == PRECISIONS.get("fp32").file):
         side = sidecars[name]
-        os.chmod(stage / name, 0o666 & ~umask)
+        user_permissions(stage / name)
         (out_dir / layout.sidecar(name)).unlink(missing_ok=True)  # no stale sidecar next to the new file
         os.replace(stage / name, out_dir / name)
         write_json(out_dir / layout.sidecar(name), side)

@@ -24,16 +24,16 @@ if TYPE_CHECKING:  # torch and safetensors load only when tensors are written or
     import torch
 
 
-def _umask() -> int:
+def user_permissions(path: str | Path) -> None:
+    """Give a file the permissions any other tool's file gets under the user's umask (mkstemp makes 0600)."""
     old = os.umask(0)
     os.umask(old)
-    return old
+    os.chmod(path, 0o666 & ~old)
 
 
 def _publish(tmp: str | Path, path: Path) -> None:
-    """Give a finished temp file the permissions any other tool's file gets (mkstemp makes 0600), then
-    move it into place atomically."""
-    os.chmod(tmp, 0o666 & ~_umask())
+    """Give a finished temp file the user's permissions, then move it into place atomically."""
+    user_permissions(tmp)
     os.replace(tmp, path)
 
 
