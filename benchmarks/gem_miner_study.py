@@ -41,18 +41,22 @@ MODEL, DATA, DENSITY, SEED = "resnet20", "mnist5k", 0.0144, 0
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def _mine(cfg: MineConfig, out: Path, prepared) -> dict:
+def _mine(cfg: MineConfig, out: Path, prepared, report_only: bool = False) -> dict | None:
     if (out / layout.SUMMARY).is_file():
         return json.loads((out / layout.SUMMARY).read_text())
+    if report_only:
+        return None
     run = RunDir.create(out, resume=out.exists())
     return run_mine(cfg, run, resume=out.exists(), reporter=Reporter(enabled=False), prepared=prepared)
 
 
-def _retrain_with_imp_recipe(source: Path, out: Path, prepared) -> dict:
+def _retrain_with_imp_recipe(source: Path, out: Path, prepared, report_only: bool = False) -> dict | None:
     """Gem-Miner's mask from ``source``, trained from the same initial weights with IMP's round recipe."""
     result_file = out / "result.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
+    if report_only:
+        return None
     art = RunArtifacts.open(source)
     cfg = art.config.resolve(train_size=len(prepared[1].train))
     hw, data = prepared
@@ -75,13 +79,14 @@ def main(
     tickets_runs: Path = typer.Option(RESULTS / "runs" / "tickets", help="The tickets benchmark's runs (reference)."),
     threads: int = typer.Option(1, help="torch threads."),
     markdown: bool = typer.Option(True, help="Write the section of BENCHMARKS.md."),
+    report_only: bool = typer.Option(False, "--report-only", help="Run nothing: report the variants that finished."),
 ) -> None:
     torch.set_num_threads(threads)
     started = time.perf_counter()
     base = MineConfig(model=MODEL, data=DATA, sparsity=round(1 - DENSITY, 10), epochs=30, finetune_epochs=30,
                       seed=SEED, device="cpu")
-    prepared = prepare(base)
-    size = len(prepared[1].train)
+    prepared = None if report_only else prepare(base)
+    size = None if report_only else len(prepared[1].train)
     reference = tickets_runs / f"{MODEL}-{DATA}" / f"gem-miner-d{DENSITY:.4f}-s{SEED}"
     rows = []
 
@@ -101,14 +106,24 @@ def main(
             row(f"{name} (tickets benchmark, 5 epochs per round)", s, lam=None, mining=None,
                 training=s["ticket_training"]["recipe"])
     if ref is not None:
-        rec = _retrain_with_imp_recipe(reference, runs / "gm-mask-imp-recipe", prepared)
-        row("paper lambda, mask trained with IMP's round recipe", rec, lam=1e-4, mining=30, training=rec["recipe"])
+        rec = _retrain_with_imp_recipe(reference, runs / "gm-mask-imp-recipe", prepared, report_only)
+        row("paper lambda, mask trained with IMP's round recipe", rec, lam=1e-4, mining=30,
+            training=rec and rec["recipe"])
+
+    def config(**change) -> MineConfig:
+        cfg = dataclasses.replace(base, **change)
+        return cfg if report_only else cfg.resolve(train_size=size)
+
     for lam in (1e-3, 1e-2):
-        s = _mine(dataclasses.replace(base, lam=lam).resolve(train_size=size), runs / f"lam-{lam:g}", prepared)
+        s = _mine(config(lam=lam), runs / f"lam-{lam:g}", prepared, report_only)
         row(f"lambda {lam:g}, 30 + 30", s, lam=lam, mining=30, training="shared, lr 0.01")
-    s = _mine(dataclasses.replace(base, epochs=60).resolve(train_size=size), runs / "mine-60", prepared)
+    s = _mine(config(epochs=60), runs / "mine-60", prepared, report_only)
     row("paper lambda, 60 + 30", s, lam=1e-4, mining=60, training="shared, lr 0.01")
-    result = {"machine": machine(), "rows": rows, "wall_s": time.perf_counter() - started}
+    missing = [v for v in ("gm-mask-imp-recipe", "lam-0.001", "lam-0.01", "mine-60")
+               if not any((runs / v / f).is_file() for f in ("result.json", layout.SUMMARY))]
+    if missing:
+        print(f"not finished (left out): {', '.join(missing)}")
+    result = {"machine": machine(), "rows": rows, "not_finished": missing, "wall_s": time.perf_counter() - started}
     out = RESULTS / "gem-miner-study.json"
     out.write_text(json.dumps(result, indent=2))
     if markdown:
@@ -127,7 +142,9 @@ def render(result: dict) -> str:
         "Command: `nice .venv/bin/python -m benchmarks.gem_miner_study`  ",
         f"Machine: {result['machine']} (shared with other work)", "",
         "Ablations around the tickets benchmark's Gem-Miner run (30 mining + 30 fine-tuning epochs, batch 128); "
-        "choices are read on the validation split, the test split is only reported.", "", table, ""])
+        "choices are read on the validation split, the test split is only reported.", "", table, "",
+        *([f"Not finished in the time this machine had (left out): {', '.join(result['not_finished'])}.", ""]
+          if result.get("not_finished") else [])])
 
 
 if __name__ == "__main__":
