@@ -70,8 +70,11 @@ def interrupt_when(args, out: Path, marker: str, timeout: float = 300) -> subpro
     import signal
     import time
 
+    # A shell that starts the tests in the background ignores SIGINT, and a child inherits that: restore the
+    # default so Python turns Ctrl-C into KeyboardInterrupt as it does in a terminal.
     proc = subprocess.Popen([sys.executable, "-m", "gemdeploy.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + timeout
     while not (out / marker).exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)

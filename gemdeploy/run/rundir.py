@@ -240,8 +240,8 @@ class RunDir:
             if _is_main():
                 sweep_debris(path)
             return run
-        cls.check_new(path, overwrite=overwrite)
-        if _is_main():
+        if _is_main():  # the other ranks would see the directory rank 0 has just created
+            cls.check_new(path, overwrite=overwrite)
             if path.exists() and overwrite:
                 remove_owned(path)
             path.mkdir(parents=True, exist_ok=True)
