@@ -37,12 +37,23 @@ def cli(*args: str, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
 
 def main(epochs: int = 8, finetune_epochs: int = 8, imp_epochs: int = 1, threads: int = 1, iters: int = 30,
          model: str = "resnet20", keep: bool = typer.Option(False, help="Reuse finished runs in the work folder."),
+         reuse: list[str] = typer.Option([], help="NAME=RUN: take a finished run (e.g. the tickets benchmark's, on "
+                                                 "its reference recipe) instead of mining NAME; it gets exported."),
          work: Path = ROOT / "benchmarks" / "results" / "deploy", write: bool = True) -> None:
     work.mkdir(parents=True, exist_ok=True)
-    paths = {}
+    reused = dict(item.split("=", 1) for item in reuse)
+    if set(reused) - set(RUNS):
+        raise SystemExit(f"--reuse names one of {', '.join(RUNS)}, got {', '.join(set(reused) - set(RUNS))}")
+    paths, budgets = {}, {}
     for name, extra in RUNS.items():
-        out = work / "runs" / name  # runs/ is git-ignored
+        out = Path(reused[name]) if name in reused else work / "runs" / name  # runs/ is git-ignored
         paths[name] = out
+        if name in reused:
+            s = json.loads((out / "summary.json").read_text())
+            budgets[name] = f"{name}: reused `{out.name}` ({s['method']}, {s['epochs']} + {s['finetune_epochs']} epochs)"
+            if not (out / "export" / "model.sparse-cpu.safetensors").is_file():
+                cli("export", out, "--precision", "int8", "--precision", "sparse-cpu", ok=(0, 3))
+            continue
         if keep and (out / "export" / "export.json").is_file():
             continue
         e = imp_epochs if name == "imp" else (1 if name == "dense" else epochs)
@@ -85,7 +96,8 @@ def main(epochs: int = 8, finetune_epochs: int = 8, imp_epochs: int = 1, threads
             f"Command: `.venv/bin/python -m benchmarks.deploy --epochs {epochs} --finetune-epochs {finetune_epochs} "
             f"--imp-epochs {imp_epochs} --threads {threads}` ({model} on mnist5k; Gem-Miner {epochs} mining + "
             f"{finetune_epochs} fine-tuning epochs, IMP {imp_epochs} epoch(s) per round, dense {finetune_epochs} epochs; "
-            f"one `gemdeploy bench` call, {iters} timed calls after 5 warm-ups, {threads} CPU thread(s))  \n"
+            f"one `gemdeploy bench` call, {iters} timed calls after 5 warm-ups, {threads} CPU thread(s))"
+            + (f"; reused runs: {'; '.join(budgets.values())}" if budgets else "") + "  \n"
             f"Machine: {machine()}\n\n"
             + markdown_table(["backend", "artifact", "batch", "run", "test acc", "median ms", "speedup vs dense",
                               "nonzeros", "MACs", "file bytes"], rows)
