@@ -6,7 +6,10 @@ the validation split only (the test split is reported, never used to choose):
   2. the ticket's training recipe: Gem-Miner's own mask trained with IMP's round recipe (SGD lr 0.1, momentum 0.9,
      wd 1e-4, x0.1 at 50%/75%) instead of the shared fine-tuning (lr 0.01), for the same 30 epochs: if the mask is
      as good as IMP's, this closes the gap;
-  3. the mining budget: 60 mining epochs instead of 30.
+  3. the mining budget: 60 mining epochs instead of 30;
+  4. the mask against its weights and its layer-wise densities: the same mask from kaiming-normal weights (read from
+     `gemdeploy sanity REF --checks reinit`), and Smart-Ratio's random mask (the tickets benchmark's, and one
+     fine-tuned at lr 0.1 like variant 2).
 
     nice .venv/bin/python -m benchmarks.gem_miner_study --runs /path/to/runs   # reuses finished runs
 
@@ -99,12 +102,18 @@ def main(
 
     ref = json.loads((reference / layout.SUMMARY).read_text()) if (reference / layout.SUMMARY).is_file() else None
     row("paper lambda 1e-4, 30 + 30 (tickets benchmark)", ref, lam=1e-4, mining=30, training="shared, lr 0.01")
-    for name, path in (("imp", "imp"), ("imp-ft", "imp-ft")):
-        other = tickets_runs / f"{MODEL}-{DATA}" / f"{path}-d{DENSITY:.4f}-s{SEED}" / layout.SUMMARY
+    for name, label in (("imp", "imp (tickets benchmark, 5 epochs per round)"),
+                        ("imp-ft", "imp-ft (tickets benchmark, 5 epochs per round)"),
+                        ("smart-ratio", "smart-ratio (tickets benchmark)")):
+        other = tickets_runs / f"{MODEL}-{DATA}" / f"{name}-d{DENSITY:.4f}-s{SEED}" / layout.SUMMARY
         if other.is_file():
             s = json.loads(other.read_text())
-            row(f"{name} (tickets benchmark, 5 epochs per round)", s, lam=None, mining=None,
-                training=s["ticket_training"]["recipe"])
+            row(label, s, lam=None, mining=None, training=s["ticket_training"]["recipe"])
+    # `gemdeploy sanity REF --checks reinit`: the same mask from kaiming-normal weights, the same fine-tuning
+    sanity = reference / layout.SANITY
+    reinit = json.loads(sanity.read_text())["checks"].get("reinit") if sanity.is_file() else None
+    row("paper lambda, mask re-initialized kaiming-normal (gemdeploy sanity --checks reinit)", reinit, lam=1e-4,
+        mining=30, training="shared, lr 0.01")
     if ref is not None:
         rec = _retrain_with_imp_recipe(reference, runs / "gm-mask-imp-recipe", prepared, report_only)
         row("paper lambda, mask trained with IMP's round recipe", rec, lam=1e-4, mining=30,
@@ -117,9 +126,14 @@ def main(
     for lam in (1e-3, 1e-2):
         s = _mine(config(lam=lam), runs / f"lam-{lam:g}", prepared, report_only)
         row(f"lambda {lam:g}, 30 + 30", s, lam=lam, mining=30, training="shared, lr 0.01")
+    # Is Gem-Miner's mask better than Smart-Ratio's layer-wise random one when both train at lr 0.1?
+    s = _mine(config(method="smart-ratio", init="kaiming-normal", finetune_lr=0.1), runs / "smart-ratio-lr0.1",
+              prepared, report_only)
+    row("smart-ratio, ticket fine-tuned at lr 0.1", s, lam=None, mining=None,
+        training=s and s["ticket_training"]["recipe"])
     s = _mine(config(epochs=60), runs / "mine-60", prepared, report_only)
     row("paper lambda, 60 + 30", s, lam=1e-4, mining=60, training="shared, lr 0.01")
-    missing = [v for v in ("gm-mask-imp-recipe", "lam-0.001", "lam-0.01", "mine-60")
+    missing = [v for v in ("gm-mask-imp-recipe", "lam-0.001", "lam-0.01", "smart-ratio-lr0.1", "mine-60")
                if not any((runs / v / f).is_file() for f in ("result.json", layout.SUMMARY))]
     if missing:
         print(f"not finished (left out): {', '.join(missing)}")
