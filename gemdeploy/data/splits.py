@@ -9,6 +9,7 @@ order and augmentation of an epoch come from a generator seeded by (seed, epoch)
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -103,7 +104,9 @@ class LoaderSplit:
     """A torchvision-style data set streamed through a DataLoader (ImageNet-scale folders)."""
 
     dataset: object
-    workers: int = 4
+    # decoding workers: up to 4, never more than the cores this process may use (more only thrash)
+    workers: int = field(default_factory=lambda: min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                                     else os.cpu_count() or 1))
     pin_memory: bool = False
     channels_last: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
