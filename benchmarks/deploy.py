@@ -68,10 +68,17 @@ def main(epochs: int = 8, finetune_epochs: int = 8, imp_epochs: int = 1, threads
                "--batch-size", "1", "--batch-size", "64", "--threads", threads, "--iters", iters, "--warmup", "5",
                "--out", report, "--overwrite", "--json")
     result = json.loads(proc.stdout)
+    role = {path.name: name for name, path in paths.items()}  # bench names a run by its folder (reused ones too)
+    for r in result["rows"]:
+        r["run"] = role.get(r["run"], r["run"])
     rows = []
     for r in sorted(result["rows"], key=lambda r: (r["backend"], r["precision"], r["batch"], r["run"])):
+        lat = r["latency_ms"]
+        noisy = lat.get("noisy") or r.get("baseline_noisy")  # bench marks a spread too wide to trust
         rows.append([r["backend"], r["artifact"], r["batch"], r["run"], f"{r['test_acc']:.2%}",
-                     f"{r['latency_ms']['median']:.3f}", f"{r['speedup_vs_dense_fp32']:.2f}x" if r["speedup_vs_dense_fp32"] else "-",
+                     f"{lat['median']:.3f}", f"{lat['p10']:.3f}-{lat['p90']:.3f}",
+                     (f"{r['speedup_vs_dense_fp32']:.2f}x" + (" (noisy)" if noisy else ""))
+                     if r["speedup_vs_dense_fp32"] else "-",
                      f"{r['nonzero_params']:,}", f"{r['macs']:,}", f"{r['file_bytes']:,}"])
     goal = [r for r in result["rows"] if r["run"] == "gm-channel" and r["batch"] == 64 and r["precision"] == "fp32"]
     dense = {(r["backend"]): r for r in result["rows"] if r["run"] == "dense" and r["batch"] == 64 and r["precision"] == "fp32"}
@@ -94,12 +101,14 @@ def main(epochs: int = 8, finetune_epochs: int = 8, imp_epochs: int = 1, threads
                             f"{d:.3f} ms)")
     body = (f"## Deployment: ResNet-20 tickets vs dense and IMP (CPU)\n\n"
             f"Command: `.venv/bin/python -m benchmarks.deploy --epochs {epochs} --finetune-epochs {finetune_epochs} "
-            f"--imp-epochs {imp_epochs} --threads {threads}` ({model} on mnist5k; Gem-Miner {epochs} mining + "
+            f"--imp-epochs {imp_epochs} --threads {threads}"
+            + "".join(f" --reuse {n}=RUN" for n in reused) + f"` ({model} on mnist5k; Gem-Miner {epochs} mining + "
             f"{finetune_epochs} fine-tuning epochs, IMP {imp_epochs} epoch(s) per round, dense {finetune_epochs} epochs; "
             f"one `gemdeploy bench` call, {iters} timed calls after 5 warm-ups, {threads} CPU thread(s))"
             + (f"; reused runs: {'; '.join(budgets.values())}" if budgets else "") + "  \n"
             f"Machine: {machine()}\n\n"
-            + markdown_table(["backend", "artifact", "batch", "run", "test acc", "median ms", "speedup vs dense",
+            + markdown_table(["backend", "artifact", "batch", "run", "test acc", "median ms", "p10-p90 ms",
+                              "speedup vs dense fp32",
                               "nonzeros", "MACs", "file bytes"], rows)
             + "\n\nGoal check (channel-pattern ticket at batch 64):\n" + ("\n".join(verdicts) or "- not measured")
             + "\n\nNot measured here: " + "; ".join(f"{u['backend']}: {u['reason']}" for u in result["unavailable"]
