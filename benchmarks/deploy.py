@@ -103,7 +103,9 @@ def main(epochs: int = 8, finetune_epochs: int = 8, imp_epochs: int = 1, threads
             f"Command: `.venv/bin/python -m benchmarks.deploy --epochs {epochs} --finetune-epochs {finetune_epochs} "
             f"--imp-epochs {imp_epochs} --threads {threads}"
             + "".join(f" --reuse {n}=RUN" for n in reused) + f"` ({model} on mnist5k; Gem-Miner {epochs} mining + "
-            f"{finetune_epochs} fine-tuning epochs, IMP {imp_epochs} epoch(s) per round, dense {finetune_epochs} epochs; "
+            f"{finetune_epochs} fine-tuning epochs, "
+            + ("" if "imp" in reused else f"IMP {imp_epochs} epoch(s) per round, ")
+            + f"dense {finetune_epochs} epochs; "
             f"one `gemdeploy bench` call, {iters} timed calls after 5 warm-ups, {threads} CPU thread(s))"
             + (f"; reused runs: {'; '.join(budgets.values())}" if budgets else "") + "  \n"
             f"Machine: {machine()}\n\n"
