@@ -31,11 +31,10 @@ def compact(
 ) -> None:
     """Remove dead channels and store the sparse weights compactly (compact.json + compact.safetensors)."""
     from gemdeploy.errors import GemdeployError
+    from gemdeploy.options import at_least, require
 
-    if finetune_epochs < 0:
-        raise GemdeployError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
-    if round_to < 1:
-        raise GemdeployError(f"--round-to must be >= 1, got {round_to}")
+    require("--finetune-epochs", finetune_epochs, at_least(0))
+    require("--round-to", round_to, at_least(1))
     from gemdeploy.run.artifacts import RunArtifacts
     from gemdeploy.compact.compaction import RECORD, compact_run
 

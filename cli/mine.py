@@ -10,7 +10,7 @@ import typer
 
 from gemdeploy.cli.errors import friendly_errors
 from gemdeploy.errors import GemdeployError
-from gemdeploy.options import cli_parameters, command, from_cli
+from gemdeploy.options import at_least, cli_parameters, command, from_cli, require
 from gemdeploy.run.config import MineConfig
 
 _OWN = [
@@ -35,10 +35,7 @@ def _mine(**values) -> None:
     import os
 
     out, resume, overwrite = values["out"], values["resume"], values["overwrite"]
-    if values["nproc_per_node"] < 1:
-        from gemdeploy.errors import GemdeployError
-
-        raise GemdeployError(f"--nproc-per-node must be >= 1, got {values['nproc_per_node']}")
+    require("--nproc-per-node", values["nproc_per_node"], at_least(1))
     # Bad values (and missing files) fail before torch, or the user's code, is imported.
     cfg = None if resume else from_cli(MineConfig, values).validate().check_files()
     if not resume and int(os.environ.get("RANK", "0")) == 0:

@@ -28,9 +28,9 @@ def sanity(
 
     from gemdeploy.errors import GemdeployError
     from gemdeploy.mine.sanity import CHECKS
+    from gemdeploy.options import at_least, optional, require
 
-    if finetune_epochs is not None and finetune_epochs < 1:
-        raise GemdeployError(f"--finetune-epochs must be >= 1, got {finetune_epochs}")
+    require("--finetune-epochs", finetune_epochs, optional(at_least(1)))
     wanted = tuple(c.strip() for c in checks.split(",") if c.strip())
     bad = [c for c in wanted if c not in CHECKS]
     if bad or not wanted:

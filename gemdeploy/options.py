@@ -91,6 +91,13 @@ def in_range(lo: float, hi: float, *, hi_open: bool = False, lo_open: bool = Fal
     return check
 
 
+def require(flag: str, value: Any, check: Check) -> None:
+    """Refuse ``value`` of ``flag`` in one line when ``check`` finds it wrong (the same words as `validate`)."""
+    problem = check(value)
+    if problem:
+        raise GemdeployError(f"{flag} {problem}, got {value!r}")
+
+
 def optional(check: Check) -> Check:
     return lambda v: None if v is None else check(v)
 
@@ -156,9 +163,7 @@ def validate(obj: Any) -> None:
                     raise GemdeployError(f"unknown {kind} {v!r} ({flag_name(f)}); choose one of: {', '.join(allowed)}"
                                          f"{more}")
         if spec.check is not None:
-            problem = spec.check(value)
-            if problem:
-                raise GemdeployError(f"{flag_name(f)} {problem}, got {value!r}")
+            require(flag_name(f), value, spec.check)
 
 
 def defaults(cls) -> dict[str, Any]:

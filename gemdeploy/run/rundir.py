@@ -13,9 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gemdeploy.errors import GemdeployError
 from gemdeploy.run import layout
