@@ -23,7 +23,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from gemdeploy.errors import GemdeployError
-from gemdeploy.user_code import file_sha256  # noqa: F401 - sidecars and the export record hash files with it
+from gemdeploy.run.rundir import user_permissions
 
 OPSET = 18  # >= 17 (LayerNorm etc.); both TensorRT 10 and 11 parse opset 18
 INPUT_NAME = "input"
@@ -288,8 +288,6 @@ def write_verified(proto: onnx.ModelProto, dest: str | Path, check: Callable[[Pa
         result = check(tmp)
         if not result.get("ok"):
             raise GemdeployError(f"{what} failed verification, not written: {describe_failure(result)}")
-        from gemdeploy.run.rundir import user_permissions
-
         user_permissions(tmp)  # a shippable file: readable like any other the user creates
         os.replace(tmp, dest)
         return result

@@ -31,7 +31,7 @@ from gemdeploy.exporters.precisions.base import ExportJob
 from gemdeploy.exporters.sparsity import torch_24_layers
 from gemdeploy.run import layout as run_layout
 from gemdeploy.run.artifacts import RunArtifacts
-from gemdeploy.run.rundir import check_output_dir, read_json, sweep_debris, write_json
+from gemdeploy.run.rundir import check_output_dir, file_sha256, read_json, sweep_debris, user_permissions, write_json
 
 SIDE_SCHEMA = {"file": str, "sha256": str, "source_sha256": str}
 
@@ -112,7 +112,7 @@ def export_run(run_path: str | Path, opts: ExportOptions, log: Callable[[str], N
     if opts.trt:
         _check_gpu_precisions(opts)
     model, source, masked, note, source_file = load_source(art)
-    source_sha = ox.file_sha256(source_file)
+    source_sha = file_sha256(source_file)
     if out_dir.is_dir():
         for gone in sweep_debris(out_dir):
             log(f"removed {gone} (left by an interrupted export)")
@@ -208,8 +208,6 @@ def _sizes_and_sparse_storage(job: ExportJob, masked: torch.nn.Module, fp32_new:
 
 def _commit(stage: Path, out_dir: Path, sidecars: dict[str, dict]) -> None:
     """Move every verified file into place, each followed by its sidecar (fp32 last: the others refer to it)."""
-    from gemdeploy.run.rundir import user_permissions
-
     for name in sorted(sidecars, key=lambda n: n == PRECISIONS.get("fp32").file):
         side = sidecars[name]
         user_permissions(stage / name)

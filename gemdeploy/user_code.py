@@ -13,7 +13,6 @@ that file moved or changed. Importing this module imports neither torch nor the 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from gemdeploy.errors import GemdeployError
+from gemdeploy.run.rundir import file_sha256
 
 MODEL_FORMS = "path/to/file.py:FACTORY, package.module:FACTORY or torchvision:NAME"
 DATA_FORMS = "path/to/file.py:FACTORY or package.module:FACTORY"
@@ -95,14 +95,6 @@ def absolute(value: str) -> str:
     if spec is None or spec.kind != "file":
         return value
     return f"{Path(spec.target).resolve()}:{spec.attr}"
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def source_file(spec: UserSpec) -> Path | None:

@@ -12,6 +12,7 @@ import torch
 
 from gemdeploy.exporters import onnx_export as ox
 from gemdeploy.exporters.config import ExportOptions
+from gemdeploy.run.rundir import file_sha256
 
 
 @dataclass
@@ -50,7 +51,7 @@ class ExportJob:
 
     def sidecar(self, path: Path, proto: onnx.ModelProto, **extra) -> dict:
         dims = proto.graph.input[0].type.tensor_type.shape.dim[1:]
-        return {"file": path.name, "bytes": path.stat().st_size, "sha256": ox.file_sha256(path),
+        return {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path),
                 "source": self.source, "source_sha256": self.source_sha256,
                 "input": {"name": ox.INPUT_NAME, "shape": ["batch", *[d.dim_value for d in dims]]},
                 "output": ox.OUTPUT_NAME, "graph": ox.graph_summary(proto), **extra}

@@ -21,6 +21,7 @@ from gemdeploy.errors import GemdeployError
 from gemdeploy.exporters import layout
 from gemdeploy.exporters import onnx_export as ox
 from gemdeploy.exporters.precisions.base import ExportJob, Precision
+from gemdeploy.run.rundir import file_sha256
 
 
 def check_against_torch(sparse_model, torch_model: torch.nn.Module, data) -> dict:
@@ -88,7 +89,7 @@ class SparseCpu(Precision):
                 kernels[b][k] += 1
         job.log(f"sparse CPU model verified: {len(layers)} layers, kernels per batch {kernels}, "
                 f"max |diff| {split['max_abs_diff']:.2g} on {split['samples']} test images")
-        return {"file": path.name, "bytes": path.stat().st_size, "sha256": ox.file_sha256(path),
+        return {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path),
                 "source": job.source, "source_sha256": job.source_sha256, "precision": self.name,
                 "format": f"{runtime.FILE_FORMAT} v{runtime.FORMAT_VERSION} (safetensors + JSON graph)",
                 "runtime": "gemdeploy.sparse_cpu (numpy + scipy; engine 'torch' optional)",

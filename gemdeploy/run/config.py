@@ -19,6 +19,7 @@ from gemdeploy.errors import GemdeployError
 from gemdeploy.mine.methods import METHODS
 from gemdeploy.models import MODELS
 from gemdeploy.options import at_least, greater_than, in_range, option, optional, validate
+from gemdeploy.run.rundir import file_sha256
 from gemdeploy.train.init import INITS
 
 PATTERNS = ("unstructured", "2:4", "channel")
@@ -58,7 +59,7 @@ def init_weights_sha256(init_from: str | None) -> str | None:
         from gemdeploy.train.init import live_init_state, state_sha256
 
         return state_sha256(live_init_state(init_from))
-    return user_code.file_sha256(init_from)
+    return file_sha256(init_from)
 
 
 @dataclass(frozen=True)

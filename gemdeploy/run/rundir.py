@@ -29,6 +29,17 @@ def user_permissions(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~old)
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks (user files, weights and exported models)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _publish(tmp: str | Path, path: Path) -> None:
     """Give a finished temp file the user's permissions, then move it into place atomically."""
     user_permissions(tmp)

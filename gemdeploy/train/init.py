@@ -73,7 +73,8 @@ def given_weights(init_from: str, sha256: str | None, model, model_name: str) ->
 
     from gemdeploy.errors import GemdeployError
     from gemdeploy.run.rundir import load_tensors
-    from gemdeploy.user_code import file_sha256, is_live
+    from gemdeploy.run.rundir import file_sha256
+    from gemdeploy.user_code import is_live
 
     if is_live(init_from):
         state, where = live_init_state(init_from), "the initial weights"
