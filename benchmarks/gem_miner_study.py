@@ -93,8 +93,11 @@ def main(
     reference = tickets_runs / f"{MODEL}-{DATA}" / f"gem-miner-d{DENSITY:.4f}-s{SEED}"
     rows = []
 
+    missing = []  # variants without a finished run: named in the section
+
     def row(name: str, s: dict | None, **extra) -> None:
         if s is None:
+            missing.append(name)
             return
         rows.append({"variant": name, "val_acc": s.get("val_acc"), "test_acc": s.get("test_acc"), **extra})
         print(f"[{time.perf_counter() - started:7.0f} s] {name}: val {s.get('val_acc')} test {s.get('test_acc')}",
@@ -133,8 +136,6 @@ def main(
         training=s and s["ticket_training"]["recipe"])
     s = _mine(config(epochs=60), runs / "mine-60", prepared, report_only)
     row("paper lambda, 60 + 30", s, lam=1e-4, mining=60, training="shared, lr 0.01")
-    missing = [v for v in ("gm-mask-imp-recipe", "lam-0.001", "lam-0.01", "smart-ratio-lr0.1", "mine-60")
-               if not any((runs / v / f).is_file() for f in ("result.json", layout.SUMMARY))]
     if missing:
         print(f"not finished (left out): {', '.join(missing)}")
     result = {"machine": machine(), "rows": rows, "not_finished": missing, "wall_s": time.perf_counter() - started}
