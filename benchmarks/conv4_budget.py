@@ -107,7 +107,7 @@ def main(
 def render(result: dict) -> str:
     table = markdown_table(
         ["variant", "density", "seeds", "ticket epochs", "mask alone (val, before training)", "val acc", "test acc"],
-        [[r["variant"], f"{r['density']:.2%}", r["seeds"], r["ticket_epochs"], _mean_std(r["mined_val"]),
+        [[r["variant"], f"{r['density']:.2%}", r["seeds"], f"{r['ticket_epochs']:.0f}", _mean_std(r["mined_val"]),
           _mean_std(r["val"]), _mean_std(r["test"])] for r in result["rows"]])
     return "\n".join([
         "## Why Gem-Miner falls short on Conv-4 / mnist5k: the mining budget", "",
