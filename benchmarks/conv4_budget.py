@@ -23,19 +23,13 @@ import torch
 import typer
 
 from benchmarks.gem_miner_study import _mine
-from benchmarks.report import ROOT, machine, markdown_table, write_section
+from benchmarks.report import ROOT, finished_summary, machine, markdown_table, write_section
 from benchmarks.tickets import SUITE, run_dir
 from gemdeploy.mine.pipeline import prepare
-from gemdeploy.run import layout
 from gemdeploy.run.config import MineConfig
 
 MODEL, DENSITIES, LONG = "conv4", (0.0144, 0.0059), 16
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def _summary(path: Path) -> dict | None:
-    f = path / layout.SUMMARY
-    return json.loads(f.read_text()) if f.is_file() else None
 
 
 def _mean_std(values: list[float]) -> str:
@@ -60,42 +54,39 @@ def main(
                       device="cpu")
     prepared = None if report_only else prepare(base)
 
-    def config(**change) -> MineConfig:
-        cfg = dataclasses.replace(base, **change)
-        return cfg if report_only else cfg.resolve(train_size=len(prepared[1].train))
-
     rows, missing = [], []
 
-    def row(label: str, density: float, summaries: list[dict | None], mining: str) -> None:
+    def row(label: str, density: float, summaries: list[dict | None]) -> None:
         done = [s for s in summaries if s is not None]
         if len(done) < len(summaries):
             missing.append(f"{label} at {density:.2%} ({len(summaries) - len(done)} of {len(summaries)} seeds)")
         if not done:
             return
         mined = [s["ticket"]["mined_val_acc"] for s in done if s.get("ticket", {}).get("mined_val_acc") is not None]
-        rows.append({"variant": label, "density": density, "seeds": len(done), "mining": mining,
-                     "ticket_epochs": done[0].get("ticket_epochs"),
+        rows.append({"variant": label, "density": density, "seeds": len(done), "ticket_epochs": done[0].get("ticket_epochs"),
                      "val": [s["val_acc"] for s in done], "test": [s["test_acc"] for s in done], "mined_val": mined})
         print(f"[{time.perf_counter() - started:7.0f} s] {label} d={density:.4f}: "
               f"val {_mean_std(rows[-1]['val'])} test {_mean_std(rows[-1]['test'])}", flush=True)
 
+    def config(density: float, **change) -> MineConfig:
+        cfg = dataclasses.replace(base, sparsity=round(1 - density, 10), **change)
+        return cfg if report_only else cfg.resolve(train_size=len(prepared[1].train))
+
     for d in DENSITIES:
-        sparsity = round(1 - d, 10)
         for method in ("imp", "imp-ft"):
             row(f"{method} (tickets benchmark, {spec['imp_epochs']} epochs per round)", d,
-                [_summary(run_dir(tickets_runs, MODEL, data, method, d, s)) for s in seeds], "-")
+                [finished_summary(run_dir(tickets_runs, MODEL, data, method, d, s)) for s in seeds])
         row(f"gem-miner, {spec['epochs']} + {spec['finetune_epochs']} (tickets benchmark)", d,
-            [_summary(run_dir(tickets_runs, MODEL, data, "gem-miner", d, s)) for s in seeds], f"{spec['epochs']} epochs")
+            [finished_summary(run_dir(tickets_runs, MODEL, data, "gem-miner", d, s)) for s in seeds])
         row(f"gem-miner, {LONG} + {spec['finetune_epochs']}", d,
-            [_mine(config(sparsity=sparsity, epochs=LONG, seed=s), runs / f"mine-{LONG}-d{d:.4f}-s{s}", prepared,
-                   report_only) for s in seeds], f"{LONG} epochs")
+            [_mine(config(d, epochs=LONG, seed=s), runs / f"mine-{LONG}-d{d:.4f}-s{s}", prepared, report_only)
+             for s in seeds])
     d = DENSITIES[0]
     row(f"gem-miner, {LONG} + {spec['finetune_epochs']}, 3 freezing rounds (--freeze-period 5)", d,
-        [_mine(config(sparsity=round(1 - d, 10), epochs=LONG, freeze_period=5, seed=0),
-               runs / f"mine-{LONG}-freeze-5-d{d:.4f}-s0", prepared, report_only)], f"{LONG} epochs")
+        [_mine(config(d, epochs=LONG, freeze_period=5, seed=0), runs / f"mine-{LONG}-freeze-5-d{d:.4f}-s0",
+               prepared, report_only)])
     row(f"gem-miner, {spec['epochs']} + {spec['finetune_epochs']}, ticket fine-tuned at lr 0.1", d,
-        [_mine(config(sparsity=round(1 - d, 10), finetune_lr=0.1, seed=0), runs / f"ftlr-0.1-d{d:.4f}-s0", prepared,
-               report_only)], f"{spec['epochs']} epochs")
+        [_mine(config(d, finetune_lr=0.1, seed=0), runs / f"ftlr-0.1-d{d:.4f}-s0", prepared, report_only)])
     if missing:
         print(f"not finished (left out): {'; '.join(missing)}")
     result = {"machine": machine(), "rows": rows, "not_finished": missing, "wall_s": time.perf_counter() - started}

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import typer
 
-from benchmarks.report import ROOT, machine, markdown_table, write_section
+from benchmarks.report import ROOT, finished_summary, machine, markdown_table, write_section
 from gemdeploy.mine.context import RunContext
 from gemdeploy.mine.pipeline import prepare, run_mine
 from gemdeploy.mine.recipes import imp_recipe
@@ -45,10 +45,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _mine(cfg: MineConfig, out: Path, prepared, report_only: bool = False) -> dict | None:
-    if (out / layout.SUMMARY).is_file():
-        return json.loads((out / layout.SUMMARY).read_text())
-    if report_only:
-        return None
+    done = finished_summary(out)
+    if done is not None or report_only:
+        return done
     run = RunDir.create(out, resume=out.exists())
     return run_mine(cfg, run, resume=out.exists(), reporter=Reporter(enabled=False), prepared=prepared)
 
@@ -103,14 +102,13 @@ def main(
         print(f"[{time.perf_counter() - started:7.0f} s] {name}: val {s.get('val_acc')} test {s.get('test_acc')}",
               flush=True)
 
-    ref = json.loads((reference / layout.SUMMARY).read_text()) if (reference / layout.SUMMARY).is_file() else None
+    ref = finished_summary(reference)
     row("paper lambda 1e-4, 30 + 30 (tickets benchmark)", ref, lam=1e-4, mining=30, training="shared, lr 0.01")
     for name, label in (("imp", "imp (tickets benchmark, 5 epochs per round)"),
                         ("imp-ft", "imp-ft (tickets benchmark, 5 epochs per round)"),
                         ("smart-ratio", "smart-ratio (tickets benchmark)")):
-        other = tickets_runs / f"{MODEL}-{DATA}" / f"{name}-d{DENSITY:.4f}-s{SEED}" / layout.SUMMARY
-        if other.is_file():
-            s = json.loads(other.read_text())
+        s = finished_summary(tickets_runs / f"{MODEL}-{DATA}" / f"{name}-d{DENSITY:.4f}-s{SEED}")
+        if s is not None:
             row(label, s, lam=None, mining=None, training=s["ticket_training"]["recipe"])
     # `gemdeploy sanity REF --checks reinit`: the same mask from kaiming-normal weights, the same fine-tuning
     sanity = reference / layout.SANITY

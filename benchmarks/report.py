@@ -5,6 +5,7 @@ Each script owns one section, delimited by HTML comments, so scripts never clobb
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +31,12 @@ def write_section(name: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     atomic_write_bytes(BENCHMARKS_MD, text.encode())
+
+
+def finished_summary(run: Path) -> dict | None:
+    """A run directory's summary.json, or None while the run has not finished (benchmarks reuse finished runs)."""
+    f = run / "summary.json"
+    return json.loads(f.read_text()) if f.is_file() else None
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:

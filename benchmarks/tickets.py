@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import typer
 
-from benchmarks.report import ROOT, machine, markdown_table, write_section
+from benchmarks.report import ROOT, finished_summary, machine, markdown_table, write_section
 from gemdeploy.run.config import MineConfig
 from gemdeploy.mine.pipeline import prepare, run_mine
 from gemdeploy.progress import Reporter
@@ -61,8 +61,9 @@ def run_dir(root: Path, model: str, data: str, method: str, density: float, seed
 
 
 def one_run(cfg: MineConfig, out: Path, prepared) -> dict:
-    if (out / "summary.json").is_file():
-        return json.loads((out / "summary.json").read_text())
+    done = finished_summary(out)
+    if done is not None:
+        return done
     if out.exists():  # an interrupted run: continue it
         return run_mine(cfg, RunDir.create(out, resume=True), resume=True, reporter=Reporter(enabled=False),
                         prepared=prepared)
