@@ -22,14 +22,13 @@ from typing import Callable
 import onnx
 import torch
 
+from gemdeploy.compact.deploy import deployed_model
 from gemdeploy.errors import GemdeployError
 from gemdeploy.exporters import layout
 from gemdeploy.exporters import onnx_export as ox
 from gemdeploy.exporters.config import ExportOptions
 from gemdeploy.exporters.precisions import PRECISIONS
 from gemdeploy.exporters.precisions.base import ExportJob
-from gemdeploy.exporters.sparsity import torch_24_layers
-from gemdeploy.run import layout as run_layout
 from gemdeploy.run.artifacts import RunArtifacts
 from gemdeploy.run.rundir import check_output_dir, file_sha256, read_json, sweep_debris, user_permissions, write_json
 
@@ -47,24 +46,6 @@ def require_onnxruntime() -> None:
     except Exception as exc:  # noqa: BLE001 - ImportError, or a broken mix of onnxruntime and onnxruntime-gpu
         raise GemdeployError(f"gemdeploy export verifies with ONNX Runtime, which does not import ({exc}); install "
                              "one of `pip install gemdeploy[cpu]` or, on GPU hosts, `pip install gemdeploy[gpu]`") from None
-
-
-def load_source(art: RunArtifacts) -> tuple[torch.nn.Module, str, torch.nn.Module, str | None, Path]:
-    """(model to export, 'compacted'|'finetuned', the fine-tuned masked model, note, the weights file)."""
-    masked = art.finetuned_model()
-    weights = art.run / run_layout.WEIGHTS
-    if not art.run.has(run_layout.COMPACT_RECORD):
-        return masked, "finetuned", masked, "the run has no compact.json: exporting the fine-tuned masked model", weights
-    from gemdeploy.compact.compaction import load_compacted_model
-
-    compacted = load_compacted_model(art).eval()
-    if art.config.pattern == "2:4":
-        before = {k for k, v in torch_24_layers(masked).items() if v}
-        after = torch_24_layers(compacted)
-        if before and not all(after.get(k, True) for k in before):
-            return masked, "finetuned", masked, ("compaction broke the 2:4 layout TensorRT needs: exporting the "
-                                                 "fine-tuned masked model (2:4 kept)"), weights
-    return compacted, "compacted", masked, None, art.run / run_layout.COMPACT_WEIGHTS
 
 
 def _sidecar_of(out_dir: Path, name: str) -> dict | None:
@@ -111,8 +92,9 @@ def export_run(run_path: str | Path, opts: ExportOptions, log: Callable[[str], N
     out_dir = check_output_dir(art.run.path / layout.EXPORT_DIR, "export folder")
     if opts.trt:
         _check_gpu_precisions(opts)
-    model, source, masked, note, source_file = load_source(art)
-    source_sha = file_sha256(source_file)
+    deployed = deployed_model(art)
+    model, source, masked, note = deployed.model, deployed.source, deployed.masked, deployed.note
+    source_sha = file_sha256(deployed.weights)
     if out_dir.is_dir():
         for gone in sweep_debris(out_dir):
             log(f"removed {gone} (left by an interrupted export)")

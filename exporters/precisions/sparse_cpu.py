@@ -50,6 +50,7 @@ def check_against_torch(sparse_model, torch_model: torch.nn.Module, data) -> dic
 class SparseCpu(Precision):
     name = "sparse-cpu"
     file = layout.SPARSE_CPU
+    runtime = "sparse-cpu"  # gemdeploy.sparse_cpu runs it, not ONNX Runtime
 
     def export(self, job: ExportJob) -> dict:
         from gemdeploy.sparse_cpu import build, runtime, tune
