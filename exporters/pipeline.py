@@ -30,6 +30,7 @@ from gemdeploy.exporters.config import ExportOptions
 from gemdeploy.exporters.precisions import PRECISIONS
 from gemdeploy.exporters.precisions.base import ExportJob
 from gemdeploy.run.artifacts import RunArtifacts
+from gemdeploy.sparsity import PATTERNS
 from gemdeploy.run.rundir import check_output_dir, file_sha256, read_json, sweep_debris, user_permissions, write_json
 
 SIDE_SCHEMA = {"file": str, "sha256": str, "source_sha256": str}
@@ -261,7 +262,7 @@ def _build_engines(art: RunArtifacts, out_dir: Path, opts: ExportOptions, record
         record["tensorrt"] = {"built": False}
         write_json(out_dir / layout.RECORD, record)
         raise
-    sparse = bool(record["sparsity_24"].get("sparse"))
+    sparse = PATTERNS.get(art.config.pattern).tensorrt_sparse_weights(record["sparsity_24"].get("tensors") or {})
     cache = Path(opts.timing_cache) if opts.timing_cache else _default_timing_cache()
     engines = {}
     for p in opts.precision:

@@ -15,7 +15,7 @@ from torch import nn
 from gemdeploy.compact.compaction import load_compacted_model
 from gemdeploy.run import layout
 from gemdeploy.run.artifacts import RunArtifacts
-from gemdeploy.sparsity.nm import nm_layout
+from gemdeploy.sparsity import PATTERNS
 
 COMPACTED, FINETUNED = "compacted", "finetuned"
 
@@ -36,11 +36,8 @@ def deployed_model(art: RunArtifacts) -> Deployed:
         return Deployed(masked, FINETUNED, weights, masked,
                         "the run has no compact.json: exporting the fine-tuned masked model")
     compacted = load_compacted_model(art).eval()
-    if art.config.pattern == "2:4":
-        before = {k for k, v in nm_layout(masked, 2, 4).items() if v}  # TensorRT's sparse kernels need 2:4
-        after = nm_layout(compacted, 2, 4)
-        if before and not all(after.get(k, True) for k in before):
-            return Deployed(masked, FINETUNED, weights, masked,
-                            "compaction broke the 2:4 layout TensorRT needs: exporting the fine-tuned masked model "
-                            "(2:4 kept)")
+    if not PATTERNS.get(art.config.pattern).deploys_compacted(masked, compacted):
+        return Deployed(masked, FINETUNED, weights, masked,
+                        "compaction broke the 2:4 layout TensorRT needs: exporting the fine-tuned masked model "
+                        "(2:4 kept)")
     return Deployed(compacted, COMPACTED, art.run / layout.COMPACT_WEIGHTS, masked, None)

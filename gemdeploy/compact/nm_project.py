@@ -14,7 +14,8 @@ import torch
 from gemdeploy.run.artifacts import RunArtifacts
 from gemdeploy.run.rundir import RunDir
 from gemdeploy.sparsity.masks import Mask, prunable_weights
-from gemdeploy.sparsity.nm import nm_eligible_layers, nm_mask_from_scores, parse_nm
+from gemdeploy.sparsity.nm import nm_eligible_layers, parse_nm
+from gemdeploy.sparsity.patterns import NM
 
 
 def project_mask(model: torch.nn.Module, mask: Mask, n: int, m: int) -> Mask:
@@ -23,7 +24,7 @@ def project_mask(model: torch.nn.Module, mask: Mask, n: int, m: int) -> Mask:
     weights = prunable_weights(model)
     out = Mask({k: v.clone() for k, v in mask.items()})
     for k in eligible:
-        out[k] = mask[k] * nm_mask_from_scores(weights[k].detach().abs().cpu(), n, m, active=mask[k])
+        out[k] = mask[k] * NM.project(weights[k].detach().abs().cpu(), f"{n}:{m}", active=mask[k])
     return out
 
 
@@ -49,7 +50,7 @@ def project_run(source: str | Path, out: str | Path, *, nm: str, finetune_epochs
     model = src.finetuned_model()
     mask = project_mask(model, src.mask(), n, m)
     source_summary = src.summary() if src.is_finished() else {}
-    cfg = dataclasses.replace(src.config, pattern="2:4", nm=f"{n}:{m}", finetune_epochs=finetune_epochs,
+    cfg = dataclasses.replace(src.config, pattern=NM.name, nm=f"{n}:{m}", finetune_epochs=finetune_epochs,
                               round_to=round_to, device=device or src.config.device,
                               projected_from=str(Path(source).resolve())).resolve(src.config.world_size)
     hw, data = prepare(cfg, init_needed=False)  # the source run's initial weights are copied

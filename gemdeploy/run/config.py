@@ -20,9 +20,9 @@ from gemdeploy.mine.methods import METHODS
 from gemdeploy.models import MODELS
 from gemdeploy.options import at_least, greater_than, in_range, option, optional, validate
 from gemdeploy.run.rundir import file_sha256
+from gemdeploy.sparsity import PATTERNS
 from gemdeploy.train.init import INITS
 
-PATTERNS = ("unstructured", "2:4", "channel")
 SCHEDULES = ("step", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -81,7 +81,7 @@ class MineConfig:
     sparsity: float = option(0.986, "Fraction of prunable weights removed, in [0, 1): 0.986 keeps 1.4%.",
                              check=in_range(0, 1, hi_open=True))
     pattern: str = option("unstructured", "Sparsity pattern: 2:4 is N:M from --nm along input channels; with channel, "
-                          "--sparsity is the fraction of channels removed.", choices=lambda: list(PATTERNS), kind="pattern")
+                          "--sparsity is the fraction of channels removed.", choices=PATTERNS.names, kind="pattern")
     nm: str = option("2:4", "N:M for --pattern 2:4: keep at most N of every M consecutive input channels.",
                      check=_nm_check)
     channel_sparsity: float | None = option(None, "Gem-Miner: first remove this fraction of the channels (a channel "

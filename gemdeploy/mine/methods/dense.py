@@ -1,12 +1,13 @@
 """The unpruned reference: an all-ones mask, trained with the same recipe as every ticket."""
 
+from gemdeploy.sparsity import PATTERNS
 from gemdeploy.sparsity.masks import Mask
 from gemdeploy.mine.methods.base import Method, Ticket
 
 
 class Dense(Method):
     name = "dense"
-    patterns = ("unstructured", "2:4", "channel")
+    patterns = tuple(PATTERNS.names())  # a dense model fits every pattern
 
     def find_ticket(self, ctx) -> Ticket:
         return Ticket(Mask.ones_like(ctx.fresh_model()).cpu())

@@ -35,7 +35,8 @@ from gemdeploy.train.seeds import generator, seed_for
 from gemdeploy.sparsity.masks import Mask, keep_count, prunable_weights
 from gemdeploy.sparsity.topk import global_topk
 from gemdeploy.mine.methods.base import Method, Ticket
-from gemdeploy.sparsity.nm import nm_eligible_layers, nm_mask_from_scores, parse_nm
+from gemdeploy.sparsity import PATTERNS
+from gemdeploy.sparsity.nm import nm_eligible_layers, nm_mask_from_scores
 from gemdeploy.train.loop import cosine_lr, maybe_compile, sgd
 
 THRESHOLD = 0.5
@@ -220,7 +221,7 @@ class GemMiner(Method):
     has_scores = True
     mines = True  # sanity's invert check re-mines with the freezing order reversed
     default_init = "signed-constant"
-    patterns = ("unstructured", "2:4", "channel")
+    patterns = tuple(PATTERNS.names())
 
     def find_ticket(self, ctx: RunContext) -> Ticket:
         if ctx.config.lam == "auto":
@@ -228,7 +229,8 @@ class GemMiner(Method):
         cfg = ctx.config
         gen = generator(cfg.seed, "scores")
         shape = tuple(ctx.data.input_shape)
-        if cfg.pattern == "channel":
+        pattern = PATTERNS.get(cfg.pattern)
+        if pattern.per_channel:
             scored = ChannelScoredNetwork(ctx.fresh_model(), gen, shape)
             mask, info = self._mine(ctx, scored, "mine", cfg.density)
             # Scores are per channel; what sanity checks need per weight is the mask itself.
@@ -236,7 +238,7 @@ class GemMiner(Method):
             return Ticket(mask.cpu(), None, info)
 
         channel_info = None
-        scored = ScoredNetwork(ctx.fresh_model(), gen, parse_nm(cfg.nm) if cfg.pattern == "2:4" else None)
+        scored = ScoredNetwork(ctx.fresh_model(), gen, pattern.groups(cfg.nm))
         if cfg.channel_sparsity is not None:
             # Stage 1: a channel ticket; stage 2 mines the weight pattern inside the kept channels.
             channels = self._channel_stage(ctx, shape)
@@ -245,7 +247,7 @@ class GemMiner(Method):
                     f.copy_(channels[k].to(f.device))
             channel_info = ctx.run.read_json(layout.CHANNEL_TICKET)
         mask, info = self._mine(ctx, scored, "mine", cfg.density)
-        if cfg.pattern == "2:4":
+        if scored.nm:
             info["nm"], info["nm_layers"] = cfg.nm, sorted(scored.nm_layers)
         if channel_info is not None:
             info["channel_sparsity"] = channel_info["channel_sparsity"]
