@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gemdeploy.exporters import layout
 from gemdeploy.exporters.precisions import PRECISIONS
-from gemdeploy.run.rundir import read_json
+from gemdeploy.files import read_json
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from gemdeploy.errors import GemdeployError
-from gemdeploy.run.rundir import user_permissions
+from gemdeploy.files import user_permissions
 
 OPSET = 18  # >= 17 (LayerNorm etc.); both TensorRT 10 and 11 parse opset 18
 INPUT_NAME = "input"

@@ -31,7 +31,8 @@ from gemdeploy.exporters.precisions import PRECISIONS
 from gemdeploy.exporters.precisions.base import ExportJob
 from gemdeploy.run.artifacts import RunArtifacts
 from gemdeploy.sparsity import PATTERNS
-from gemdeploy.run.rundir import check_output_dir, file_sha256, read_json, sweep_debris, user_permissions, write_json
+from gemdeploy.run.rundir import check_output_dir, sweep_debris
+from gemdeploy.files import file_sha256, read_json, user_permissions, write_json
 
 SIDE_SCHEMA = {"file": str, "sha256": str, "source_sha256": str}
 

@@ -77,7 +77,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, input_shape:
     require_tensorrt()
     import tensorrt as trt
 
-    from gemdeploy.run.rundir import atomic_write_bytes, write_json
+    from gemdeploy.files import atomic_write_bytes, write_json
 
     if not (1 <= min_batch <= opt_batch <= max_batch):
         raise GemdeployError(f"need 1 <= --min-batch <= --opt-batch <= --max-batch (got {min_batch}, {opt_batch}, {max_batch})")

@@ -111,7 +111,8 @@ def mine(model: Any, data: Any, out: str | Path, *, init_from: Any = None, resum
     from gemdeploy.progress import Reporter
     from gemdeploy.run import layout
     from gemdeploy.run.config import MineConfig
-    from gemdeploy.run.rundir import RunDir, read_json
+    from gemdeploy.run.rundir import RunDir
+    from gemdeploy.files import read_json
 
     _mine_options(options)
     model_text, model_obj = _model_source(model)

@@ -222,7 +222,7 @@ def test_imp_ticket_trains_from_the_rewind_point_which_may_span_epochs(tmp_path)
     # 1,200 digits at batch 128: 9 iterations an epoch, so rewinding to iteration 50 spans six epochs.
     cli("mine", "--model", "lenet300", "--data", "digits", "--method", "imp", "--sparsity", "0.5", "--epochs", "1",
         "--finetune-epochs", "0", "--imp-rewind-iter", "50", "--quiet", "--out", out, check=True)
-    from gemdeploy.run.rundir import load_metadata
+    from gemdeploy.files import load_metadata
 
     rewind_path = out / "imp-levels" / "rewind.safetensors"
     assert load_metadata(rewind_path)["iterations"] == "50"

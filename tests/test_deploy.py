@@ -19,7 +19,7 @@ def broken_24(tmp_path_factory):
     from gemdeploy.compact.compaction import compact_model
     from gemdeploy.compact.sparse_store import save_sparse
     from gemdeploy.run.artifacts import RunArtifacts
-    from gemdeploy.run.rundir import load_tensors, save_tensors
+    from gemdeploy.files import load_tensors, save_tensors
 
     run = tmp_path_factory.mktemp("deploy") / "l24"
     cli("mine", "--model", "lenet300", "--data", "digits", "--pattern", "2:4", "--sparsity", "0.5", "--epochs", "1",

@@ -12,7 +12,7 @@ import torch
 
 from gemdeploy.exporters import onnx_export as ox
 from gemdeploy.exporters.config import ExportOptions
-from gemdeploy.run.rundir import file_sha256
+from gemdeploy.files import file_sha256
 
 
 @dataclass

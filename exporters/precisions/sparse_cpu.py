@@ -21,7 +21,7 @@ from gemdeploy.errors import GemdeployError
 from gemdeploy.exporters import layout
 from gemdeploy.exporters import onnx_export as ox
 from gemdeploy.exporters.precisions.base import ExportJob, Precision
-from gemdeploy.run.rundir import file_sha256
+from gemdeploy.files import file_sha256
 
 
 def check_against_torch(sparse_model, torch_model: torch.nn.Module, data) -> dict:

@@ -213,7 +213,7 @@ def imp_levels(run: RunInfo) -> list[dict]:
     """Every IMP level a run saved (density, validation accuracy): the level files' metadata, else the ``imp``
     records of metrics.jsonl; empty for other methods."""
     from gemdeploy.run import layout
-    from gemdeploy.run.rundir import load_metadata
+    from gemdeploy.files import load_metadata
 
     levels = {}
     folder = run.art.run / layout.IMP_LEVELS

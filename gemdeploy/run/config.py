@@ -19,7 +19,7 @@ from gemdeploy.errors import GemdeployError
 from gemdeploy.mine.methods import METHODS
 from gemdeploy.models import MODELS
 from gemdeploy.options import at_least, greater_than, in_range, option, optional, validate
-from gemdeploy.run.rundir import file_sha256
+from gemdeploy.files import file_sha256
 from gemdeploy.sparsity import PATTERNS
 from gemdeploy.train.init import INITS
 
@@ -56,7 +56,8 @@ def init_weights_sha256(init_from: str | None) -> str | None:
     if init_from is None:
         return None
     if user_code.is_live(init_from):
-        from gemdeploy.train.init import live_init_state, state_sha256
+        from gemdeploy.files import state_sha256
+        from gemdeploy.train.init import live_init_state
 
         return state_sha256(live_init_state(init_from))
     return file_sha256(init_from)

@@ -42,15 +42,6 @@ def initialize(model, scheme: str):
 
 
 # --- starting from given weights (--init-from) ---------------------------------------------------------
-def state_sha256(state) -> str:
-    """sha256 of a state dict's safetensors encoding (weights given to gemdeploy.api rather than as a file)."""
-    import hashlib
-
-    from safetensors.torch import save
-
-    return hashlib.sha256(save({k: v.detach().contiguous().cpu() for k, v in state.items()})).hexdigest()
-
-
 def live_init_state(value: str) -> dict:
     """The state dict gemdeploy.api was given as initial weights (a ``python:NAME`` spec)."""
     import torch
@@ -72,8 +63,7 @@ def given_weights(init_from: str, sha256: str | None, model, model_name: str) ->
     import torch
 
     from gemdeploy.errors import GemdeployError
-    from gemdeploy.run.rundir import load_tensors
-    from gemdeploy.run.rundir import file_sha256
+    from gemdeploy.files import file_sha256, load_tensors
     from gemdeploy.user_code import is_live
 
     if is_live(init_from):

@@ -10,7 +10,7 @@ import torch
 from gemdeploy.bench.backends.base import Artifact, Backend, Runner, cuda_event_times
 from gemdeploy.errors import GemdeployError
 from gemdeploy.exporters.precisions import PRECISIONS
-from gemdeploy.run.rundir import read_object
+from gemdeploy.files import read_object
 
 
 class TensorRTRunner(Runner):

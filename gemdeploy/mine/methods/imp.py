@@ -31,7 +31,7 @@ from gemdeploy.mine.context import RunContext
 from gemdeploy.mine.methods.base import Method, Ticket, TicketTraining
 from gemdeploy.mine.recipes import imp_recipe, imp_reference
 from gemdeploy.run import layout
-from gemdeploy.run.rundir import load_metadata, load_tensors, read_object
+from gemdeploy.files import load_metadata, load_tensors, read_object
 from gemdeploy.sparsity.masks import Mask, keep_count, prunable_weights
 from gemdeploy.sparsity.topk import global_topk
 from gemdeploy.train.masked import train_masked
