@@ -56,7 +56,7 @@ def compact(
             raise GemdeployError("--pattern 2:4 writes a new run: pass --out DIR (RUN itself is never modified)")
         if Path(out).resolve() == Path(run).resolve():
             raise GemdeployError("--out must differ from RUN: the source run is never modified")
-        from gemdeploy.compact.nm_project import project_run
+        from gemdeploy.mine.nm_project import project_run
 
         summary = project_run(run, out, nm=nm, finetune_epochs=finetune_epochs, round_to=round_to,
                               overwrite=overwrite, device=device, quiet=quiet)

@@ -13,7 +13,7 @@ from gemdeploy.run.config import MineConfig
 from gemdeploy.mine.context import RunContext
 from gemdeploy.data import load_data
 from gemdeploy.data.splits import DataBundle
-from gemdeploy.train.init import initialize
+from gemdeploy.models.init import initialize
 from gemdeploy.sparsity.masks import Mask, keep_count, prunable_weights
 from gemdeploy.mine.methods import METHODS
 from gemdeploy.mine.methods.imp import level_counts

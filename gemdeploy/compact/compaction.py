@@ -1,4 +1,4 @@
-"""Physical compaction of a fine-tuned ticket: dead and unread channels removed (gemdeploy.compact.channels), the
+"""Physical compaction of a fine-tuned ticket: dead and unread channels removed (gemdeploy.sparsity.channels), the
 remaining sparse weights stored so the file tracks the nonzeros (gemdeploy.compact.sparse_store).
 
 The run directory gets
@@ -19,7 +19,7 @@ from torch import nn
 
 from gemdeploy.run import layout
 from gemdeploy.run.artifacts import RunArtifacts
-from gemdeploy.compact.channels import compact_channels, replay_steps
+from gemdeploy.sparsity.channels import compact_channels, replay_steps
 from gemdeploy.errors import GemdeployError
 from gemdeploy.sparsity import PATTERNS
 from gemdeploy.sparsity.masks import PRUNABLE_TYPES

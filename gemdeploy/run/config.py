@@ -16,12 +16,12 @@ from pathlib import Path
 from gemdeploy import user_code
 from gemdeploy.data import DATASETS
 from gemdeploy.errors import GemdeployError
-from gemdeploy.mine.methods import METHODS
-from gemdeploy.models import MODELS
-from gemdeploy.options import at_least, greater_than, in_range, option, optional, validate
 from gemdeploy.files import file_sha256
+from gemdeploy.models import MODELS
+from gemdeploy.models.init import INITS
+from gemdeploy.options import at_least, greater_than, in_range, option, optional, validate
+from gemdeploy.registry import METHODS
 from gemdeploy.sparsity import PATTERNS
-from gemdeploy.train.init import INITS
 
 SCHEDULES = ("step", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
@@ -57,7 +57,7 @@ def init_weights_sha256(init_from: str | None) -> str | None:
         return None
     if user_code.is_live(init_from):
         from gemdeploy.files import state_sha256
-        from gemdeploy.train.init import live_init_state
+        from gemdeploy.models.init import live_init_state
 
         return state_sha256(live_init_state(init_from))
     return file_sha256(init_from)
@@ -174,14 +174,16 @@ class MineConfig:
     def resolve(self, world_size: int = 1, train_size: int | None = None) -> "MineConfig":
         """The config that runs: reference defaults filled in for everything left at None. ``train_size`` (the
         training split's length) places IMP's default rewind point; without it the rewind stays unresolved."""
-        from gemdeploy.mine.recipes import imp_reference, paper_lambda
-
         self.validate()
         method = METHODS.get(self.method)
         if self.pattern not in method.patterns:
             raise GemdeployError(f"method {self.method} does not support --pattern {self.pattern} "
                                  f"(it supports: {', '.join(method.patterns)})")
-        ref = imp_reference(self.model)
+        # Each method fills in its own options; every method is asked, so config.json records every reference
+        # value (an IMP option of a Gem-Miner run too), as it always has.
+        defaults = {}
+        for name in METHODS.names():
+            defaults.update(METHODS.get(name).option_defaults(self, train_size))
         return dataclasses.replace(
             self,
             # Your own model's factory and weights are pinned: a later rebuild refuses a file that moved or changed.
@@ -192,16 +194,8 @@ class MineConfig:
                        else str(Path(self.init_from).resolve())),
             init_sha256=self.init_sha256 or init_weights_sha256(self.init_from),
             init=None if self.init_from is not None else self.init or method.default_init,
-            lam=paper_lambda(self.density) if self.lam is None else self.lam,
-            freeze_period=self.freeze_period or max(1, round(5 * self.epochs / 150)),
-            imp_lr=ref.recipe.lr if self.imp_lr is None else self.imp_lr,
-            imp_momentum=ref.recipe.momentum if self.imp_momentum is None else self.imp_momentum,
-            imp_weight_decay=ref.recipe.weight_decay if self.imp_weight_decay is None else self.imp_weight_decay,
-            imp_schedule=self.imp_schedule or ref.recipe.schedule,
-            imp_rewind_iter=(self.imp_rewind_iter if self.imp_rewind_iter is not None or train_size is None
-                             else ref.rewind_for(self.epochs * max(1, train_size // self.batch_size))),
-            imp_prune_output=ref.prune_output if self.imp_prune_output is None else self.imp_prune_output,
             world_size=world_size,
+            **defaults,
         )
 
     def to_json(self) -> dict:

@@ -38,6 +38,12 @@ class Method:
     default_init: str = "kaiming-normal"  # the reference's initialization
     patterns: tuple[str, ...] = (UNSTRUCTURED.name,)  # names in gemdeploy.sparsity.PATTERNS
 
+    @classmethod
+    def option_defaults(cls, cfg, train_size: int | None) -> dict:
+        """The reference values of this method's own options that ``cfg`` (a MineConfig) left at None, by field
+        name; MineConfig.resolve asks every method, so config.json records what would run."""
+        return {}
+
     def find_ticket(self, ctx: RunContext) -> Ticket:
         raise NotImplementedError
 

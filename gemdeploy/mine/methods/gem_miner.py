@@ -35,6 +35,7 @@ from gemdeploy.train.seeds import generator, seed_for
 from gemdeploy.sparsity.masks import Mask, keep_count, prunable_weights
 from gemdeploy.sparsity.topk import global_topk
 from gemdeploy.mine.methods.base import Method, Ticket
+from gemdeploy.mine.recipes import finetune_recipe, paper_lambda
 from gemdeploy.sparsity import PATTERNS
 from gemdeploy.sparsity.nm import nm_eligible_layers, nm_mask_from_scores
 from gemdeploy.train.loop import cosine_lr, maybe_compile, sgd
@@ -136,7 +137,7 @@ class ChannelScoredNetwork(_ScoresInUnitBox):
 
     def __init__(self, net: nn.Module, generator: torch.Generator, input_shape: tuple[int, ...]):
         super().__init__()
-        from gemdeploy.compact.channels import build_graph, channel_groups
+        from gemdeploy.sparsity.channels import build_graph, channel_groups  # torch_pruning: --pattern channel only
 
         self.net = net
         groups = channel_groups(net, build_graph(net, input_shape))  # traced through autograd: before freezing
@@ -223,6 +224,11 @@ class GemMiner(Method):
     default_init = "signed-constant"
     patterns = tuple(PATTERNS.names())
 
+    @classmethod
+    def option_defaults(cls, cfg, train_size):
+        return {"lam": paper_lambda(cfg.density) if cfg.lam is None else cfg.lam,
+                "freeze_period": cfg.freeze_period or max(1, round(5 * cfg.epochs / 150))}
+
     def find_ticket(self, ctx: RunContext) -> Ticket:
         if ctx.config.lam == "auto":
             return self._with_searched_lambda(ctx)
@@ -260,7 +266,6 @@ class GemMiner(Method):
         """`--lam auto`: short runs on the validation split (a quarter of the mining and of the ticket training, each
         freezing down to the target) for every lambda of LAM_GRID, as the authors picked lambda by hand with a grid;
         the best validation accuracy wins (ties: the paper's value). The search counts towards time to ticket."""
-        from gemdeploy.mine.recipes import finetune_recipe, paper_lambda
         from gemdeploy.train.masked import train_masked
 
         cfg = ctx.config

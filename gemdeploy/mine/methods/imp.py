@@ -83,6 +83,19 @@ class IterativeMagnitude(Method):
 
     rewind: bool = True
 
+    @classmethod
+    def option_defaults(cls, cfg, train_size):
+        ref = imp_reference(cfg.model)
+        return {
+            "imp_lr": ref.recipe.lr if cfg.imp_lr is None else cfg.imp_lr,
+            "imp_momentum": ref.recipe.momentum if cfg.imp_momentum is None else cfg.imp_momentum,
+            "imp_weight_decay": ref.recipe.weight_decay if cfg.imp_weight_decay is None else cfg.imp_weight_decay,
+            "imp_schedule": cfg.imp_schedule or ref.recipe.schedule,
+            "imp_rewind_iter": (cfg.imp_rewind_iter if cfg.imp_rewind_iter is not None or train_size is None
+                                else ref.rewind_for(cfg.epochs * max(1, train_size // cfg.batch_size))),
+            "imp_prune_output": ref.prune_output if cfg.imp_prune_output is None else cfg.imp_prune_output,
+        }
+
     # --- the rewind point ---------------------------------------------------------------------------
     def rewind_state(self, ctx: RunContext) -> tuple[dict[str, torch.Tensor], float]:
         """The weights at the rewind point (made once, then read from imp-levels/rewind.safetensors)."""
