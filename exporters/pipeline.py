@@ -29,6 +29,9 @@ from gemdeploy.exporters import onnx_export as ox
 from gemdeploy.exporters.config import ExportOptions
 from gemdeploy.exporters.precisions import PRECISIONS
 from gemdeploy.exporters.precisions.base import ExportJob
+from gemdeploy.exporters.tensorrt_build import cuda_status
+from gemdeploy.exporters.precisions.int8 import verdict_of
+from gemdeploy.exporters.tensorrt_build import build_engine, require_tensorrt
 from gemdeploy.run.artifacts import RunArtifacts
 from gemdeploy.sparsity import PATTERNS
 from gemdeploy.run.rundir import check_output_dir, sweep_debris
@@ -148,8 +151,6 @@ def _what_was_checked(side: dict) -> str:
 
 def _check_gpu_precisions(opts: ExportOptions) -> None:
     """Fail fast on impossible combinations; a missing TensorRT is reported after the ONNX is written."""
-    from gemdeploy.exporters.tensorrt_build import cuda_status
-
     cuda = cuda_status()
     cap = float(cuda.get("capability") or 0)
     if cuda["available"] and "int8" in opts.precision and cap < 6.1:
@@ -206,8 +207,6 @@ def _record(art: RunArtifacts, out_dir: Path, opts: ExportOptions, source: str, 
     if job.notes.get("drop_sparse_storage"):
         for stale in (layout.SPARSE_STORAGE, layout.sidecar(layout.SPARSE_STORAGE)):
             (out_dir / stale).unlink(missing_ok=True)
-    from gemdeploy.exporters.precisions.int8 import verdict_of
-
     artifacts, accuracy, present, verdicts = {}, {}, {}, {}
     for p in PRECISIONS.names():
         name = PRECISIONS.get(p).file
@@ -255,8 +254,6 @@ def _record(art: RunArtifacts, out_dir: Path, opts: ExportOptions, source: str, 
 
 def _build_engines(art: RunArtifacts, out_dir: Path, opts: ExportOptions, record: dict,
                    log: Callable[[str], None]) -> dict:
-    from gemdeploy.exporters.tensorrt_build import build_engine, require_tensorrt
-
     try:
         require_tensorrt()
     except GemdeployError:

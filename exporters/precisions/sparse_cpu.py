@@ -53,7 +53,7 @@ class SparseCpu(Precision):
     runtime = "sparse-cpu"  # gemdeploy.sparse_cpu runs it, not ONNX Runtime
 
     def export(self, job: ExportJob) -> dict:
-        from gemdeploy.sparse_cpu import build, runtime, tune
+        from gemdeploy.sparse_cpu import build, runtime, tune  # the class attribute `runtime` shadows the module
 
         started = time.perf_counter()
         shape = tuple(int(s) for s in job.art.input_shape)

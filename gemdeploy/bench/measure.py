@@ -20,6 +20,8 @@ from gemdeploy.compact.compaction import model_totals
 from gemdeploy.compact.deploy import Deployed, deployed_model
 from gemdeploy.errors import GemdeployError
 from gemdeploy.exporters.manifest import ExportManifest
+from gemdeploy.run import layout
+from gemdeploy.files import load_metadata
 
 
 @dataclass
@@ -212,9 +214,6 @@ def _measure(runs: list[RunInfo], opts: BenchOptions, threads: int, progress: Ca
 def imp_levels(run: RunInfo) -> list[dict]:
     """Every IMP level a run saved (density, validation accuracy): the level files' metadata, else the ``imp``
     records of metrics.jsonl; empty for other methods."""
-    from gemdeploy.run import layout
-    from gemdeploy.files import load_metadata
-
     levels = {}
     folder = run.art.run / layout.IMP_LEVELS
     if Path(folder).is_dir():

@@ -11,11 +11,20 @@ from pathlib import Path
 
 import torch
 
+from gemdeploy.errors import GemdeployError
+from gemdeploy.mine.context import RunContext
+from gemdeploy.mine.pipeline import prepare, run_mine
+from gemdeploy.mine.recipes import finetune_recipe
+from gemdeploy.progress import Reporter
+from gemdeploy.run import layout
 from gemdeploy.run.artifacts import RunArtifacts
 from gemdeploy.run.rundir import RunDir
 from gemdeploy.sparsity.masks import Mask, prunable_weights
 from gemdeploy.sparsity.nm import nm_eligible_layers, parse_nm
 from gemdeploy.sparsity.patterns import NM
+from gemdeploy.train.masked import train_masked
+from gemdeploy.train.phase import clear_checkpoint
+from gemdeploy.train.seeds import seed_for
 
 
 def project_mask(model: torch.nn.Module, mask: Mask, n: int, m: int) -> Mask:
@@ -31,16 +40,6 @@ def project_mask(model: torch.nn.Module, mask: Mask, n: int, m: int) -> Mask:
 def project_run(source: str | Path, out: str | Path, *, nm: str, finetune_epochs: int, round_to: int,
                 overwrite: bool = False, device: str | None = None, quiet: bool = True) -> dict:
     """Write a new run in ``out`` holding ``source`` projected to N:M, fine-tuned and compacted; returns its summary."""
-    from gemdeploy.errors import GemdeployError
-    from gemdeploy.mine.context import RunContext
-    from gemdeploy.mine.pipeline import prepare, run_mine
-    from gemdeploy.mine.recipes import finetune_recipe
-    from gemdeploy.progress import Reporter
-    from gemdeploy.run import layout
-    from gemdeploy.train.masked import train_masked
-    from gemdeploy.train.phase import clear_checkpoint
-    from gemdeploy.train.seeds import seed_for
-
     started = time.perf_counter()
     src = RunArtifacts.open(source)
     RunDir.check_new(out, overwrite=overwrite)  # before any slow work

@@ -7,6 +7,7 @@ Biases start at zero in both.
 
 from __future__ import annotations
 
+# torch and the rest load inside the functions: the run's configuration imports INITS, and `--help` stays instant.
 import math
 
 INITS = ("signed-constant", "kaiming-normal")

@@ -17,6 +17,8 @@ from gemdeploy import user_code
 from gemdeploy.data import DATASETS
 from gemdeploy.errors import GemdeployError
 from gemdeploy.files import file_sha256
+from gemdeploy.files import state_sha256
+from gemdeploy.models.init import live_init_state
 from gemdeploy.models import MODELS
 from gemdeploy.models.init import INITS
 from gemdeploy.options import at_least, greater_than, in_range, option, optional, validate
@@ -56,9 +58,6 @@ def init_weights_sha256(init_from: str | None) -> str | None:
     if init_from is None:
         return None
     if user_code.is_live(init_from):
-        from gemdeploy.files import state_sha256
-        from gemdeploy.models.init import live_init_state
-
         return state_sha256(live_init_state(init_from))
     return file_sha256(init_from)
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from gemdeploy.errors import GemdeployError
+from gemdeploy.sparsity.masks import PRUNABLE_TYPES
 
 
 def parse_nm(text: str) -> tuple[int, int]:
@@ -77,8 +78,6 @@ def nm_layout(model: nn.Module, n: int, m: int) -> dict[str, bool]:
 def nm_eligible_layers(model: nn.Module, m: int) -> set[str]:
     """Names of the prunable weights that get the N:M pattern: ungrouped convs and Linears whose input channels
     are a multiple of M, except the first conv (its few input channels carry the whole image)."""
-    from gemdeploy.sparsity.masks import PRUNABLE_TYPES
-
     names, first_seen = set(), False
     for name, mod in model.named_modules():
         if not isinstance(mod, PRUNABLE_TYPES):

@@ -4,12 +4,11 @@ the numpy + scipy engine (`sparse-cpu`) and, opt-in, the same graph with torch's
 from __future__ import annotations
 
 from gemdeploy.bench.backends.base import Artifact, Backend, Runner
+from gemdeploy.sparse_cpu import load
 
 
 class SparseCpuRunner(Runner):
     def __init__(self, path, threads: int, engine: str):
-        from gemdeploy.sparse_cpu import load
-
         self.model = load(path, threads=threads, engine=engine)
 
     def predict(self, images):

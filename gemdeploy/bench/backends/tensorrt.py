@@ -9,6 +9,7 @@ import torch
 
 from gemdeploy.bench.backends.base import Artifact, Backend, Runner, cuda_event_times
 from gemdeploy.errors import GemdeployError
+from gemdeploy.exporters.tensorrt_build import cuda_status, tensorrt_status
 from gemdeploy.exporters.precisions import PRECISIONS
 from gemdeploy.files import read_object
 
@@ -66,8 +67,6 @@ class TensorRT(Backend):
     needs = "TensorRT engine"
 
     def unavailable(self):
-        from gemdeploy.exporters.tensorrt_build import cuda_status, tensorrt_status
-
         trt, gpu = tensorrt_status(), cuda_status()
         if trt["available"] and gpu["available"]:
             return None

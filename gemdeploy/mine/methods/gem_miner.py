@@ -30,6 +30,7 @@ from gemdeploy.train import distributed as dist
 from gemdeploy.mine.context import RunContext
 from gemdeploy.run import layout
 from gemdeploy.train.masked import wrap_ddp
+from gemdeploy.train.masked import train_masked
 from gemdeploy.train.phase import Phase, clear_checkpoint, run_phase
 from gemdeploy.train.seeds import generator, seed_for
 from gemdeploy.sparsity.masks import Mask, keep_count, prunable_weights
@@ -266,8 +267,6 @@ class GemMiner(Method):
         """`--lam auto`: short runs on the validation split (a quarter of the mining and of the ticket training, each
         freezing down to the target) for every lambda of LAM_GRID, as the authors picked lambda by hand with a grid;
         the best validation accuracy wins (ties: the paper's value). The search counts towards time to ticket."""
-        from gemdeploy.train.masked import train_masked
-
         cfg = ctx.config
         e_mine, e_train = max(2, cfg.epochs // 4), max(1, cfg.finetune_epochs // 4)
         paper = paper_lambda(cfg.density)
