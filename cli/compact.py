@@ -37,20 +37,12 @@ def compact(
     require("--finetune-epochs", finetune_epochs, at_least(0))
     require("--round-to", round_to, at_least(1))
     from gemdeploy.run.artifacts import RunArtifacts
-    from gemdeploy.compact.compaction import RECORD, compact_run
+    from gemdeploy.compact.compaction import RECORD, compact_stage
 
     if pattern is None:
         if out is not None:
             raise GemdeployError("--out is only used with --pattern 2:4 (plain compaction writes into RUN)")
-        artifacts = RunArtifacts.open(run)
-        if artifacts.run.has(RECORD) and not overwrite:
-            old = artifacts.run.read_json(RECORD)
-            if old.get("round_to") != round_to:
-                raise GemdeployError(f"{run} is already compacted with --round-to {old.get('round_to')}; "
-                                     f"pass --overwrite to redo it with --round-to {round_to}")
-            record, target = old, run
-        else:
-            record, target = compact_run(artifacts, round_to), run
+        record, target = compact_stage(RunArtifacts.open(run), round_to, overwrite), run
     elif pattern in PATTERNS and PATTERNS.get(pattern).groups(nm) is not None:  # an N:M pattern: a projection
         if out is None:
             raise GemdeployError("--pattern 2:4 writes a new run: pass --out DIR (RUN itself is never modified)")

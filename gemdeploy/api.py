@@ -183,17 +183,13 @@ class Run:
             return deployed_model(art).model if compacted else art.finetuned_model()
 
     def compact(self, round_to: int | None = None, overwrite: bool = False) -> dict:
-        """`gemdeploy compact RUN`: dead and unread channels removed exactly; returns compact.json's record."""
-        from gemdeploy.compact.compaction import RECORD, compact_run
+        """`gemdeploy compact RUN`: dead and unread channels removed exactly; returns compact.json's record (the
+        one in place when it has the same ``round_to``; another one needs ``overwrite=True``)."""
+        from gemdeploy.compact.compaction import compact_stage
 
         with user_code.live(self._live):
             art = self._artifacts()
-            round_to = art.config.round_to if round_to is None else round_to
-            if art.run.has(RECORD) and not overwrite:
-                old = art.run.read_json(RECORD)
-                if isinstance(old, dict) and old.get("round_to") == round_to:
-                    return old
-            return compact_run(art, round_to)
+            return compact_stage(art, art.config.round_to if round_to is None else round_to, overwrite)
 
     def export(self, precision: Iterable[str] | str = ("fp32",), **options: Any) -> dict:
         """`gemdeploy export RUN`: verified ONNX (fp32/fp16/int8), sparse storage, the sparse CPU file; options are
@@ -211,19 +207,12 @@ class Run:
         gemdeploy.bench.config.BenchOptions); writes bench.json, report.md and plots to ``out`` (default RUN/bench)
         and returns the measurement."""
         from gemdeploy.bench.config import BenchOptions
-        from gemdeploy.bench.measure import measure
-        from gemdeploy.bench.report import write_outputs
-        from gemdeploy.machine import describe
-        from gemdeploy.run import layout
-        from gemdeploy.run.rundir import check_output_dir
+        from gemdeploy.bench.stage import bench_runs, report_folder
 
         opts = _options(BenchOptions, "bench", **options)
-        folder = check_output_dir(Path(out) if out is not None else self.path / layout.BENCH_DIR, "bench folder")
-        if folder.exists() and any(folder.iterdir()) and not overwrite:
-            raise GemdeployError(f"{folder} already holds a report; pass overwrite=True or another out")
+        folder = report_folder(self.path, out, overwrite)
         with user_code.live(self._live):
-            result = measure([self.path, *map(Path, against)], opts)
-        write_outputs(result, folder, describe())
+            result, _ = bench_runs([self.path, *map(Path, against)], opts, folder)
         return result
 
 

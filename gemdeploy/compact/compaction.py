@@ -137,6 +137,19 @@ def compact_run(artifacts: RunArtifacts, round_to: int) -> dict:
     return record
 
 
+def compact_stage(artifacts: RunArtifacts, round_to: int, overwrite: bool = False) -> dict:
+    """The compact stage as every caller runs it (`mine`'s last step, `gemdeploy compact`, Run.compact): the record
+    in place when it was made with the same ``round_to`` (skipped: done), a refusal for another ``round_to``
+    unless ``overwrite``, else a new compaction."""
+    if artifacts.run.has(RECORD) and artifacts.run.has(WEIGHTS) and not overwrite:
+        old = artifacts.run.read_object(RECORD, {"before": dict, "after": dict, "file_bytes": dict})
+        if old.get("round_to") != round_to:
+            raise GemdeployError(f"{artifacts.run.path} is already compacted with --round-to {old.get('round_to')}; "
+                                 f"pass --overwrite to redo it with --round-to {round_to}")
+        return old
+    return compact_run(artifacts, round_to)
+
+
 def load_record(artifacts: RunArtifacts) -> dict:
     if not (artifacts.run.has(RECORD) and artifacts.run.has(WEIGHTS)):
         raise GemdeployError(f"{artifacts.run.path} has not been compacted yet (no {RECORD}); "

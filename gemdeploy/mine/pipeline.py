@@ -171,13 +171,9 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
 
 def _compact(cfg: MineConfig, run: RunDir) -> dict:
     """Compact the fine-tuned ticket into the run directory; returns the record's totals for summary.json."""
-    from gemdeploy.compact.compaction import compact_run
+    from gemdeploy.compact.compaction import compact_stage
     from gemdeploy.run.artifacts import RunArtifacts
 
-    if run.has(layout.COMPACT_RECORD) and run.has(layout.COMPACT_WEIGHTS):
-        record = run.read_object(layout.COMPACT_RECORD, {"before": dict, "after": dict, "file_bytes": dict,
-                                                         "round_to": int})
-    else:
-        record = compact_run(RunArtifacts.open(run.path), cfg.round_to)
+    record = compact_stage(RunArtifacts.open(run.path), cfg.round_to)  # skipped when a resumed run has it
     return {"before": record["before"], "after": record["after"], "file_bytes": record["file_bytes"],
             "round_to": record["round_to"]}
