@@ -16,6 +16,7 @@ from gemdeploy.errors import GemdeployError
 from gemdeploy.mine.context import RunContext
 from gemdeploy.mine.health import ticket_warnings
 from gemdeploy.mine.methods import METHODS
+from gemdeploy.mine.methods.nm_projection import NMProjection
 from gemdeploy.models import model_for
 from gemdeploy.models.user import check_model
 from gemdeploy.progress import Reporter
@@ -89,13 +90,19 @@ def check_resumable(saved: MineConfig, world_size: int) -> None:
                              f"resume it with the same number (now {world_size})")
 
 
+def ticket_method(cfg: MineConfig):
+    """What finds this run's ticket: the N:M projection of the run it starts from (`compact --pattern 2:4`), else
+    its --method."""
+    return NMProjection() if cfg.projected_from else METHODS.get(cfg.method)()
+
+
 def find_ticket(ctx: RunContext, method) -> tuple[Mask, dict]:
     run = ctx.run
     if run.has(layout.MASK) and run.has(layout.TICKET):
         return Mask.load(run / layout.MASK), run.read_object(layout.TICKET, {"time_to_ticket_s": float})
     t0 = time.perf_counter()
     ticket = method.find_ticket(ctx)
-    prior = ticket.info.get("mining_seconds")
+    prior = ticket.info.get("time_to_ticket_s", ticket.info.get("mining_seconds"))
     info = {**ticket.info, "time_to_ticket_s": prior if prior is not None else time.perf_counter() - t0}
     dist.check_agreement(ticket.mask, "ticket mask")
     if ticket.scores is not None:
@@ -136,7 +143,7 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
                                   # a user's model keeps its BatchNorm as it defines it
                                   "affine_bn": None if is_spec(cfg.model) else False})
     ctx = RunContext(cfg, data, hw, run, reporter, initial_state(cfg, run, data), resume=resume)
-    method = METHODS.get(cfg.method)()
+    method = ticket_method(cfg)
     try:
         mask, ticket_info = find_ticket(ctx, method)
         model, ft_info = train_ticket(ctx, method, mask)
