@@ -159,7 +159,7 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
         "epochs": cfg.epochs, "finetune_epochs": cfg.finetune_epochs,
         "ticket_epochs": ticket_info.get("training_epochs", 0),
         "ticket_training": {"starts_from": ft_info.get("starts_from"), "recipe": ft_info.get("recipe")},
-        "device": str(hw.device), "world_size": dist.world_size(),
+        "device": str(hw.device), "layout": hw.describe(), "world_size": dist.world_size(),
         "ticket": {k: v for k, v in ticket_info.items() if k != "time_to_ticket_s"},
         "compaction": compaction,
     }
