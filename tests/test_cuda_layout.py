@@ -14,24 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli
+from conftest import case_id, cli, method_pattern_cases
 from gemdeploy.compact.compaction import EXACT_REL_TOL
-from gemdeploy.mine.methods import METHODS
 from gemdeploy.sparsity.masks import Mask, set_flat_
 from gemdeploy.sparsity.topk import global_topk
 from gemdeploy.train.loop import LAYOUT_ENV, Hardware
 
 SPARSITY = 0.5
 CUDA_LAYOUT = "channels_last, bf16 autocast"
-
-
-def _cases() -> list[tuple[str, str]]:
-    """(method, pattern) for every registered method and every pattern it declares."""
-    return [(name, pattern) for name, method in METHODS.items() for pattern in method.patterns]
-
-
-def _run_name(method: str, pattern: str) -> str:
-    return f"{method}-{pattern.replace(':', 'of')}"
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +33,8 @@ def cuda_layout_runs(tmp_path_factory) -> dict[tuple[str, str], Path]:
     os.environ[LAYOUT_ENV] = "cuda"
     try:
         runs = {}
-        for method, pattern in _cases():
-            out = root / _run_name(method, pattern)
+        for method, pattern in method_pattern_cases():
+            out = root / case_id(method, pattern)
             cli("mine", "--model", "resnet20", "--data", "digits", "--sparsity", SPARSITY, "--method", method,
                 "--pattern", pattern, "--epochs", "1", "--finetune-epochs", "1", "--seed", "3", "--quiet",
                 "--out", out, check=True)
@@ -97,7 +87,7 @@ def test_global_topk_keeps_the_same_weights_of_a_channels_last_tensor():
         assert torch.equal(plain_mask[k], last_mask[k])
 
 
-@pytest.mark.parametrize("method,pattern", _cases(), ids=[_run_name(*c) for c in _cases()])
+@pytest.mark.parametrize("method,pattern", method_pattern_cases(), ids=[case_id(*c) for c in method_pattern_cases()])
 def test_every_method_and_pattern_mines_and_compacts_in_the_cuda_layout(cuda_layout_runs, method, pattern):
     out = cuda_layout_runs[(method, pattern)]
     summary = json.loads((out / "summary.json").read_text())
@@ -111,7 +101,7 @@ def test_every_method_and_pattern_mines_and_compacts_in_the_cuda_layout(cuda_lay
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,pattern", _cases(), ids=[_run_name(*c) for c in _cases()])
+@pytest.mark.parametrize("method,pattern", method_pattern_cases(), ids=[case_id(*c) for c in method_pattern_cases()])
 def test_every_cuda_layout_ticket_exports_verified(cuda_layout_runs, method, pattern):
     """fp32 ONNX, verified by ONNX Runtime against PyTorch on real test images (export refuses otherwise)."""
     out = cuda_layout_runs[(method, pattern)]
