@@ -177,7 +177,9 @@ class MineConfig:
 
         self.validate()
         method = METHODS.get(self.method)
-        if self.pattern not in method.patterns:
+        # A run projected to N:M (`compact --pattern 2:4 --out`) keeps its source's method, which need not mine N:M.
+        projected_nm = self.projected_from is not None and self.pattern == "2:4"
+        if self.pattern not in method.patterns and not projected_nm:
             raise GemdeployError(f"method {self.method} does not support --pattern {self.pattern} "
                                  f"(it supports: {', '.join(method.patterns)})")
         ref = imp_reference(self.model)
