@@ -217,3 +217,29 @@ def test_semi_structured_runner_reports_every_layer():
     notes = runner.notes(64)["sparse24"]
     assert len(notes["layers"]) == 22 and notes["summary"].startswith("batch 64:")
     assert notes["max_abs_logit_diff"] <= 5e-2 * max(notes["logit_scale"], 1.0)
+
+
+@pytest.mark.slow
+def test_mine_and_export_say_up_front_which_layers_24_kernels_can_run(tmp_path):
+    import json
+
+    from conftest import cli
+
+    out = tmp_path / "conv4-24"
+    mined = cli("mine", "--model", "conv4", "--data", "digits", "--sparsity", "0.5", "--pattern", "2:4", "--out", out,
+                "--epochs", "1", "--finetune-epochs", "1", check=True)
+    summary = json.loads((out / "summary.json").read_text())
+    said = summary["sparse24_kernels"]
+    # Said up front on stderr (rich's log wraps it), before the progress bars.
+    assert mined.stderr.index(said["line"][:45]) < mined.stderr.index("mine ")
+    assert "never: 0.0 (1 input channels" in said["line"]  # the first conv reads one grey channel
+    assert said["can_run"] >= 1 and "2:4 GPU kernels" in mined.stdout
+    exported = cli("export", out, check=True)
+    record = json.loads((out / "export" / "export.json").read_text())
+    kernels = record["sparse24_kernels"]
+    assert kernels["line"] in " ".join(exported.stdout.split())
+    layers = {r["layer"]: r for r in kernels["layers"]}
+    assert layers["0.0"]["verdict"] == "never"
+    # The mined 2:4 weights hold the pattern in every layer the kernels can take (the export checks the weights).
+    assert kernels["can_run"] == said["can_run"]
+    assert all("do not hold" not in r["why"] for r in kernels["layers"])

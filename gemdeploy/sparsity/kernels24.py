@@ -134,7 +134,7 @@ def kernel_blockers(g: LayerGemm, kernels: str = "cusparselt", dtype: str = "fp1
 
 
 def can_benefit(gemms: list[LayerGemm], holds: dict[str, bool] | None = None, kernels: str = "cusparselt",
-                dtype: str = "fp16") -> list[dict]:
+                dtype: str = "fp16", not_holding: str = "weights do not hold 2:4") -> list[dict]:
     """Per layer, from shapes (and, given ``holds``, whether its weights follow 2:4): ``verdict`` is ``never``
     (``why`` lists the blockers), ``narrow`` (runs sparse, but under WIDE_CHANNELS channels: rarely pays) or
     ``candidate`` (wide enough that it may pay; measuring decides)."""
@@ -142,7 +142,7 @@ def can_benefit(gemms: list[LayerGemm], holds: dict[str, bool] | None = None, ke
     for g in gemms:
         why = kernel_blockers(g, kernels, dtype)
         if holds is not None and not why and not holds.get(g.name, False):
-            why.append("weights do not hold 2:4")
+            why.append(not_holding)
         if why:
             verdict = "never"
         elif min(g.in_channels, g.out_channels) < WIDE_CHANNELS:
@@ -201,3 +201,19 @@ def verdict_line(verdicts: list[dict], batch: int) -> str:
     return (f"batch {batch}: {len(sparse)} of {len(verdicts)} layers on 2:4 weights"
             + (f" (saving {gain:.3g} ms of layer time)" if sparse else "")
             + f"; {len(measured)} measured no faster sparse (>= {MARGIN:.0%} needed), {never} cannot run sparse")
+
+
+def model_benefit(model: nn.Module, input_shape: tuple[int, ...], holds: dict[str, bool] | None = None,
+                  kernels: str = "cusparselt", dtype: str = "fp16", not_holding: str = "weights do not hold 2:4") -> dict:
+    """What `gemdeploy export` and `mine --pattern 2:4` say up front: per layer whether 2:4 kernels can ever run it
+    (``holds``: which layers carry, or will carry, the pattern; None: shapes only), and the one line for people."""
+    rows = can_benefit(layer_gemms(model, input_shape), holds, kernels, dtype, not_holding)
+    return {"kernels": kernels, "dtype": dtype, "line": benefit_line(rows, kernels, dtype),
+            "can_run": sum(r["verdict"] != "never" for r in rows), "wide": sum(r["verdict"] == "candidate" for r in rows),
+            "layers": rows}
+
+
+def holds_per_layer(model: nn.Module) -> dict[str, bool]:
+    """Layer name -> whether its weight holds 2:4 in the semi-structured layout."""
+    return {name: holds_24(weight_2d(m.weight)) for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))}
