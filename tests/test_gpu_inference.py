@@ -243,3 +243,47 @@ def test_mine_and_export_say_up_front_which_layers_24_kernels_can_run(tmp_path):
     # The mined 2:4 weights hold the pattern in every layer the kernels can take (the export checks the weights).
     assert kernels["can_run"] == said["can_run"]
     assert all("do not hold" not in r["why"] for r in kernels["layers"])
+
+
+@pytest.mark.slow
+def test_gpu_inference_benchmark_smoke_runs_every_row_on_the_cpu(tmp_path):
+    """benchmarks/gpu_inference.py --smoke: every planned row measured or saying why, every 2:4 row with its
+    per-layer verdicts, the goals stated, and BENCHMARKS.md untouched."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    before = (REPO / "BENCHMARKS.md").read_bytes()
+    out, md = tmp_path / "gi.json", tmp_path / "gi.md"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_inference", "--smoke", "--out", out, "--markdown", md],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (REPO / "BENCHMARKS.md").read_bytes() == before
+    result = json.loads(out.read_text())
+    assert result["meta"]["smoke"] and "not mined" in result["meta"]["ticket_note"]
+    rows = result["rows"]
+    assert {(r["model"], r["ticket"]) for r in rows} == {(m, t) for m in ("resnet50", "resnet20")
+                                                          for t in ("dense", "channel 50%", "2:4")}
+    for r in rows:
+        if r["mode"] == "fp16 cuda-graph":
+            assert r["status"] == "not measured" and r["reason"] == "needs CUDA"
+        else:
+            assert r["status"] == "measured", r
+            assert r["throughput_ips"] == pytest.approx(r["batch"] / (r["latency_ms"]["median"] / 1e3))
+            assert r["latency_ms"]["p10"] <= r["latency_ms"]["median"] <= r["latency_ms"]["p99"]
+    sparse_rows = [r for r in rows if r["mode"].startswith("2:4")]
+    assert {r["ticket"] for r in sparse_rows} == {"2:4"} and len(sparse_rows) == 4
+    for r in sparse_rows:
+        layers = r["sparse24"]["layers"]
+        assert layers and all(v["why"] for v in layers)
+        assert r["sparse24"]["max_abs_logit_diff"] <= 1e-4 * max(1.0, r["sparse24"]["logit_scale"])
+    # The channel ticket is thinner; the 2:4 ticket keeps the architecture with half the weights of covered layers.
+    t = result["tickets"]
+    assert t["resnet50 channel 50%"]["params"] < 0.5 * t["resnet50 dense"]["params"]
+    assert t["resnet50 2:4"]["params"] == t["resnet50 dense"]["params"]
+    assert t["resnet50 2:4"]["nonzero_params"] < 0.6 * t["resnet50 dense"]["nonzero_params"]
+    assert any(g.startswith("channel-50% ResNet-50") for g in result["goals"])
+    text = md.read_text()
+    assert "2:4 verdict per layer" in text and "### resnet50" in text and "### Goals (as measured)" in text

@@ -119,44 +119,70 @@ class SemiStructuredRunner(Runner):
     """fp16 CUDA graphs of the model whose layers run on 2:4 semi-structured weights where they measured faster at
     the batch being timed (the choice is made, and kept, per batch size); ``notes(batch)`` gives every layer's
     verdict. Accuracy (``predict``) runs every layer that can run sparse on its sparse weight, so the sparse
-    kernels' numerics are what the accuracy figure checks."""
+    kernels' numerics are what the accuracy figure checks.
 
-    device = "cuda"
+    On the CPU (``device="cpu"``, with a dense stand-in ``sparsify``: the CPU has no 2:4 kernels) it runs the same
+    steps eagerly in the given dtype, which is how the GPU benchmark's smoke run exercises it."""
 
-    def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.float16):
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.float16, device: str = "cuda",
+                 sparsify: Callable[[torch.Tensor], torch.Tensor] | None = None, layer_iters: int = 20):
         from gemdeploy.bench.semi_structured import kernel_library, semi_structured_sparsify
 
-        self.dtype, self.kernels = dtype, kernel_library()
-        self.model = model.eval().to("cuda", dtype).to(memory_format=torch.channels_last)
-        self.sparsify = semi_structured_sparsify()
+        self.device, self.dtype = device, dtype
+        self.kernels = kernel_library() if device == "cuda" else "cusparselt"  # the CPU mirrors the GPU's rules
+        self.model = self._place(model.eval().to(device, dtype))
+        self.sparsify = sparsify or semi_structured_sparsify()
         self.by_batch: dict[int, tuple[Runner, list[dict], dict]] = {}
         self.all_sparse = None
+        self.layer_iters = layer_iters  # timed calls per layer and variant when choosing
+
+    def _place(self, x):
+        return x.to(memory_format=torch.channels_last) if self.device == "cuda" else x
+
+    def _input(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.device == "cuda" and x.dim() == 4 else x
 
     def _choose(self, images: torch.Tensor, measure: bool):
         from gemdeploy.bench.semi_structured import choose_layers, max_logit_difference
 
-        x = images.to("cuda", self.dtype).contiguous(memory_format=torch.channels_last)
+        x = self._input(images)
         name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(self.dtype, "fp32")
-        model, verdicts = choose_layers(self.model, x, self.sparsify, kernels=self.kernels, dtype=name, measure=measure)
+        model, verdicts = choose_layers(self.model, x, self.sparsify, kernels=self.kernels,
+                                        dtype=name if self.device == "cuda" else "fp16", measure=measure,
+                                        iters=self.layer_iters, warmup=min(3, self.layer_iters))
         diff, scale = max_logit_difference(self.model, model, x[:8])
         return model, verdicts, {"max_abs_logit_diff": diff, "logit_scale": scale}
 
     def _for(self, images: torch.Tensor) -> Runner:
         batch = images.shape[0]
         if batch not in self.by_batch:
+            from gemdeploy.bench.backends.pytorch import TorchRunner
+
             model, verdicts, check = self._choose(images, measure=True)
-            self.by_batch[batch] = (CudaGraphRunner(model, self.dtype, convert=False), verdicts, check)
+            runner = (CudaGraphRunner(model, self.dtype, convert=False) if self.device == "cuda"
+                      else TorchRunner(model, self.device, compile=False))
+            self.by_batch[batch] = (runner, verdicts, check)
         return self.by_batch[batch][0]
 
     def predict(self, images):
         if self.all_sparse is None:
             self.all_sparse = self._choose(images, measure=False)[0]
         with torch.no_grad():
-            x = images.to("cuda", self.dtype).contiguous(memory_format=torch.channels_last)
-            return self.all_sparse(x).float().cpu().numpy()
+            return self.all_sparse(self._input(images)).float().cpu().numpy()
 
     def time(self, images, iters, warmup):
-        return self._for(images).time(images, iters, warmup)
+        runner = self._for(images)
+        with torch.no_grad():
+            if self.device != "cuda":
+                return runner.time(self._input(images), iters, warmup)
+            try:
+                return runner.time(images, iters, warmup)
+            except RuntimeError as exc:  # a sparse op that cannot be captured: time the same model eagerly, say so
+                torch.cuda.synchronize()
+                self.by_batch[images.shape[0]][2]["graph"] = f"capture failed, timed eagerly: {str(exc)[:160]}"
+                x = self._input(images)
+                return cuda_event_times(lambda: runner.model(x), iters, warmup)
 
     def notes(self, batch: int) -> dict:
         if batch not in self.by_batch:
