@@ -4,6 +4,8 @@ fp16/bf16 CUDA-graph and 2:4 backends (CUDA tests skip without a GPU), and the b
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torchvision
@@ -12,7 +14,12 @@ from torch import nn
 from gemdeploy.bench.backends import BACKENDS
 from gemdeploy.bench.semi_structured import ConvAsGemm, GemmLinear, choose_layers, lowered
 from gemdeploy.sparsity import kernels24 as k24
-from gemdeploy.sparsity.nm import nm_eligible_layers, nm_mask_from_scores
+
+from conftest import REPO
+
+if str(REPO) not in sys.path:  # benchmarks/ is not installed: import it from the checkout
+    sys.path.insert(0, str(REPO))
+from benchmarks.gpu_inference import nm_ticket  # noqa: E402  (random 2:4 weights, as the benchmark makes them)
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU: CUDA graphs and torch's semi-structured 2:4 "
@@ -106,22 +113,12 @@ def test_conv_lowered_to_its_gemm_computes_the_conv(kernel, stride, padding, cha
     assert isinstance(lowered(lin, lambda w: w.clone()), GemmLinear)
 
 
-def random_24(model: nn.Module, seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    eligible = nm_eligible_layers(model, 4)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name in eligible:
-                p.mul_(nm_mask_from_scores(torch.rand(p.shape, generator=gen), 2, 4))
-    return model
-
-
 def test_choose_layers_swaps_exactly_the_layers_its_verdicts_name():
     """On the CPU with a dense stand-in for the sparse weight: every step but the sparse GEMM itself."""
     from gemdeploy.models import build_model
 
     torch.manual_seed(0)
-    model = random_24(build_model("resnet20", (3, 16, 16), 10)).eval()  # small images: the CPU here is shared
+    model = nm_ticket(build_model("resnet20", (3, 16, 16), 10)).eval()  # small images: the CPU here is shared
     x = torch.randn(2, 3, 16, 16)
     swapped, verdicts = choose_layers(model, x, lambda w: w.clone(), iters=2, warmup=0)
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -207,7 +204,7 @@ def test_semi_structured_runner_reports_every_layer():
     from gemdeploy.models import build_model
 
     torch.manual_seed(0)
-    model = random_24(build_model("resnet20", (3, 32, 32), 10)).eval()
+    model = nm_ticket(build_model("resnet20", (3, 32, 32), 10)).eval()
     x = torch.randn(64, 3, 32, 32)
     runner = SemiStructuredRunner(model)
     logits = runner.predict(x)
@@ -251,9 +248,6 @@ def test_gpu_inference_benchmark_smoke_runs_every_row_on_the_cpu(tmp_path):
     per-layer verdicts, the goals stated, and BENCHMARKS.md untouched."""
     import json
     import subprocess
-    import sys
-
-    from conftest import REPO
 
     before = (REPO / "BENCHMARKS.md").read_bytes()
     out, md = tmp_path / "gi.json", tmp_path / "gi.md"
