@@ -281,3 +281,18 @@ def test_gpu_inference_benchmark_smoke_runs_every_row_on_the_cpu(tmp_path):
     assert any(g.startswith("channel-50% ResNet-50") for g in result["goals"])
     text = md.read_text()
     assert "2:4 verdict per layer" in text and "### resnet50" in text and "### Goals (as measured)" in text
+
+
+def test_benefit_of_a_model_that_cannot_run_says_so_instead_of_failing():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 16)
+
+        def forward(self, x):
+            raise RuntimeError("needs two inputs")
+
+    said = k24.model_benefit(Broken(), (16,))
+    assert said["can_run"] is None and said["layers"] == [] and "not determined" in said["line"]
+    ok = k24.model_benefit(nn.Sequential(nn.Flatten(), nn.Linear(64, 32)), (64,))
+    assert ok["can_run"] == 1 and ok["wide"] == 0 and ok["layers"][0]["verdict"] == "narrow"

@@ -207,7 +207,12 @@ def model_benefit(model: nn.Module, input_shape: tuple[int, ...], holds: dict[st
                   kernels: str = "cusparselt", dtype: str = "fp16", not_holding: str = "weights do not hold 2:4") -> dict:
     """What `gemdeploy export` and `mine --pattern 2:4` say up front: per layer whether 2:4 kernels can ever run it
     (``holds``: which layers carry, or will carry, the pattern; None: shapes only), and the one line for people."""
-    rows = can_benefit(layer_gemms(model, input_shape), holds, kernels, dtype, not_holding)
+    try:
+        rows = can_benefit(layer_gemms(model, input_shape), holds, kernels, dtype, not_holding)
+    except Exception as exc:  # noqa: BLE001 - a model that cannot run one zero image: say so, never fail the command
+        return {"kernels": kernels, "dtype": dtype, "can_run": None, "wide": None, "layers": [],
+                "line": f"2:4 kernels: not determined (one forward pass to read the layer shapes failed: "
+                        f"{type(exc).__name__}: {str(exc)[:120]})"}
     return {"kernels": kernels, "dtype": dtype, "line": benefit_line(rows, kernels, dtype),
             "can_run": sum(r["verdict"] != "never" for r in rows), "wide": sum(r["verdict"] == "candidate" for r in rows),
             "layers": rows}
