@@ -219,6 +219,8 @@ def test_semi_structured_runner_reports_every_layer():
 @pytest.mark.slow
 def test_mine_and_export_say_up_front_which_layers_24_kernels_can_run(tmp_path):
     import json
+    import os
+    import subprocess
 
     from conftest import cli
 
@@ -240,6 +242,45 @@ def test_mine_and_export_say_up_front_which_layers_24_kernels_can_run(tmp_path):
     # The mined 2:4 weights hold the pattern in every layer the kernels can take (the export checks the weights).
     assert kernels["can_run"] == said["can_run"]
     assert all("do not hold" not in r["why"] for r in kernels["layers"])
+
+    # bench with the 2:4 backend's runner on the CPU (a dense stand-in for the sparse weight, registered in a
+    # child process only): every row carries its per-layer verdicts into bench.json, the table and report.md.
+    code = CPU_24_BACKEND + f"main(['bench', {str(out)!r}, '-b', '2', '-b', '4', '--iters', '2', '--warmup', '1', " \
+                            f"'--backend', 'test-2:4-cpu', '--out', {str(tmp_path / 'bench')!r}])"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert [r["batch"] for r in bench["rows"]] == [2, 4] and bench["gpu"] is None
+    for r in bench["rows"]:
+        verdicts = r["sparse24"]["layers"]
+        assert [v["layer"] for v in verdicts] == [x["layer"] for x in kernels["layers"]]
+        assert r["sparse24"]["summary"].startswith(f"batch {r['batch']}: ")
+        assert r["sparse24"]["summary"] in " ".join(proc.stdout.split())  # one line per batch under the table
+        assert all(v["dense_ms"] is not None for v in verdicts if layers[v["layer"]]["verdict"] != "never")
+    report = (tmp_path / "bench" / "report.md").read_text()
+    assert "2:4 verdict per layer" in report and "| 0.0 |" in report and "img/s" in report
+
+
+CPU_24_BACKEND = """
+import torch
+from gemdeploy.bench.backends import BACKENDS
+from gemdeploy.bench.backends.base import Artifact
+from gemdeploy.bench.backends.cuda_graph import SemiStructuredRunner
+from gemdeploy.bench.backends.pytorch import TorchCpu
+from gemdeploy.cli.app import main
+
+class CpuStandIn(TorchCpu):
+    name = "test-2:4-cpu"
+
+    def artifacts(self, run, threads):
+        return [Artifact("fp32", a.label + " 2:4 stand-in", a.path,
+                         lambda a=a: SemiStructuredRunner(a.make().model, torch.float32, "cpu",
+                                                          sparsify=lambda w: w.clone(), layer_iters=2))
+                for a in super().artifacts(run, threads)]
+
+BACKENDS.register("test-2:4-cpu")(CpuStandIn)
+"""
 
 
 @pytest.mark.slow
