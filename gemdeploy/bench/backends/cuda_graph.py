@@ -8,6 +8,7 @@ backend's fp32 eager rows of the dense run.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import numpy as np
@@ -16,6 +17,17 @@ import torch
 from gemdeploy.bench.backends.base import Artifact, Backend, Runner, cuda_event_times
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@contextlib.contextmanager
+def cudnn_autotune():
+    """cuDNN picks the fastest kernel per shape (during warm-ups), as a deployment does; restored afterwards."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
 
 
 def capture(fn: Callable[[torch.Tensor], torch.Tensor], static_input: torch.Tensor,
@@ -51,13 +63,8 @@ class CudaGraphRunner(Runner):
             static = torch.zeros(shape, device="cuda", dtype=self.dtype)
             if static.dim() == 4:
                 static = static.contiguous(memory_format=torch.channels_last)
-            autotune = torch.backends.cudnn.benchmark
-            torch.backends.cudnn.benchmark = True  # pick the fastest conv kernels once, during the warm-up
-            try:
-                with torch.no_grad():
-                    graph, out = capture(self.model, static)
-            finally:
-                torch.backends.cudnn.benchmark = autotune
+            with torch.no_grad(), cudnn_autotune():
+                graph, out = capture(self.model, static)
             self.graphs[shape] = (graph, static, out)
         return self.graphs[shape]
 
@@ -79,6 +86,7 @@ class CudaGraphRunner(Runner):
 class _GraphBackend(Backend):
     device = "cuda"
     precision = "fp16"
+    mode = "cuda-graph"
     fp32_baseline = "pytorch-cuda"  # the rows' fp32 reference: the same model in fp32 eager
     needs = "PyTorch model"
 
@@ -100,8 +108,6 @@ class _GraphBackend(Backend):
 
     def missing_hint(self, run):
         return self._base().missing_hint(run)
-
-    mode = "cuda-graph"
 
     def runner(self, model: torch.nn.Module) -> Runner:
         return CudaGraphRunner(model, DTYPES[self.precision])
