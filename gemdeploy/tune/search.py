@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 # Where each pattern pays: unstructured sparsity only on a runtime that skips zeros (ONNX Runtime and PyTorch
 # multiply them), 2:4 only where sparse tensor cores run it, channel removal everywhere.
 SPARSE_RUNTIMES = ("sparse-cpu", "sparse-cpu-torch")
-NM_RUNTIMES = ("tensorrt", "pytorch-cuda-2of4")
+NM_RUNTIMES = ("tensorrt", "pytorch-cuda-2:4")
 # Coarse grids of --sparsity (channel: the fraction of channels removed; 2:4: 0.5 is pure 2:4, more prunes on top).
 GRIDS = {"channel": (0.25, 0.5, 0.75), "unstructured": (0.5, 0.8, 0.9, 0.95, 0.986), "2:4": (0.5, 0.75, 0.9)}
 MIN_GAP = 0.02  # refine no finer than this between two measured sparsities
