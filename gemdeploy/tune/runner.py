@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from gemdeploy.errors import GemdeployError
-from gemdeploy.run.rundir import RunDir, atomic_write_bytes
+from gemdeploy.run.rundir import RunDir, atomic_write_bytes, sweep_debris
 from gemdeploy.tune.config import TuneOptions
 from gemdeploy.tune.search import Candidate, Goal, coarse_grid, pareto_front, patterns_for, pick, refine
 
@@ -53,9 +53,10 @@ class Tune:
         state_file = self.out / TUNE_JSON
         if resume and not state_file.is_file():
             raise GemdeployError(f"{self.out} holds no tune to resume ({TUNE_JSON} is missing)")
-        RunDir.create(self.out, resume=resume, description="tune directory")
         if not resume:
+            RunDir.create(self.out, description="tune directory")  # refuses an existing folder, writes the marker
             return {"candidates": {}, "rounds": 0, "seconds": 0.0}
+        sweep_debris(self.out)  # temp files of an interrupted write
         state = json.loads(state_file.read_text())
         before = state.get("options", {})
         changed = [k for k in TuneOptions.SAME_SEARCH if k in before and before[k] != getattr(self.opts, k)]
@@ -196,6 +197,9 @@ class Tune:
         o = self.opts
         patterns = patterns_for(o.backend, o.pattern)
         dense = self.dense()
+        if "latency_ms" not in self.state.get("dense", {}):
+            self.measure(dense, [])  # the reference is measured even when the budget allows no candidate
+            self.save()
         lr0, other_lrs = o.finetune_lr[0], list(o.finetune_lr[1:])
         queue = coarse_grid(patterns, lr0)
         tried_recipes: set[str] = set(self.state.get("recipes_tried", []))
