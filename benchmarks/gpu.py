@@ -351,7 +351,7 @@ def epoch_runner(kind: str, mode: str, s: Settings, hw, split) -> Callable[[int]
     from gemdeploy.mine.methods.gem_miner import ScoredNetwork
     from gemdeploy.mine.recipes import paper_lambda
     from gemdeploy.models import build_model
-    from gemdeploy.train.init import initialize
+    from gemdeploy.models.init import initialize
     from gemdeploy.train.loop import sgd, train_epoch
 
     torch.manual_seed(0)

@@ -61,7 +61,7 @@ def channel_ticket(model: nn.Module, shape: tuple[int, int, int], fraction: floa
                    seed: int = 0) -> nn.Module:
     """``model`` with a random ``fraction`` of every coupled channel group removed (kept counts multiples of
     ``round_to``), through the groups and removal step `gemdeploy mine`'s compaction uses."""
-    from gemdeploy.compact.channels import build_graph, channel_groups, prune_step
+    from gemdeploy.sparsity.channels import build_graph, channel_groups, prune_step
 
     gen = torch.Generator().manual_seed(seed)
     graph = build_graph(model, shape)

@@ -111,7 +111,8 @@ def mine(model: Any, data: Any, out: str | Path, *, init_from: Any = None, resum
     from gemdeploy.progress import Reporter
     from gemdeploy.run import layout
     from gemdeploy.run.config import MineConfig
-    from gemdeploy.run.rundir import RunDir, read_json
+    from gemdeploy.run.rundir import RunDir
+    from gemdeploy.files import read_json
 
     _mine_options(options)
     model_text, model_obj = _model_source(model)
@@ -186,17 +187,14 @@ class Run:
         return self._artifacts().summary()
 
     def model(self, compacted: bool = True):
-        """The ticket as a PyTorch module in eval mode: the compacted one when the run has it (else the fine-tuned
-        masked model)."""
-        from gemdeploy.run import layout
+        """The ticket as a PyTorch module in eval mode: the model the run deploys (the compacted one when the run
+        has it and compaction kept its 2:4 layout, as export and bench decide); ``compacted=False``: the
+        fine-tuned masked model."""
+        from gemdeploy.compact.deploy import deployed_model
 
         with user_code.live(self._live):
             art = self._artifacts()
-            if compacted and art.run.has(layout.COMPACT_RECORD):
-                from gemdeploy.compact.compaction import load_compacted_model
-
-                return load_compacted_model(art)
-            return art.finetuned_model()
+            return deployed_model(art).model if compacted else art.finetuned_model()
 
     def compact(self, round_to: int | None = None, overwrite: bool = False) -> dict:
         """`gemdeploy compact RUN`: dead and unread channels removed exactly; returns compact.json's record."""

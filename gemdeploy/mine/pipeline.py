@@ -24,7 +24,7 @@ from gemdeploy.run.config import MineConfig
 from gemdeploy.run.rundir import RunDir
 from gemdeploy.sparsity.masks import Mask
 from gemdeploy.train import distributed as dist
-from gemdeploy.train.init import given_weights, initialize
+from gemdeploy.models.init import given_weights, initialize
 from gemdeploy.train.loop import Hardware, evaluate
 from gemdeploy.train.masked import train_masked
 from gemdeploy.train.phase import clear_checkpoint

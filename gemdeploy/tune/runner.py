@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from gemdeploy.errors import GemdeployError
-from gemdeploy.run.rundir import RunDir, atomic_write_bytes, sweep_debris
+from gemdeploy.files import atomic_write_bytes
+from gemdeploy.run.rundir import RunDir, sweep_debris
 from gemdeploy.tune.config import TuneOptions
 from gemdeploy.tune.search import Candidate, Goal, coarse_grid, pareto_front, patterns_for, pick, refine
 
@@ -82,18 +83,27 @@ class Tune:
         return {"seed": o.seed, "device": o.device, "epochs": o.epochs, "finetune_epochs": o.finetune_epochs, **extra}
 
     def _mine(self, out: Path, **options) -> Path:
-        import gemdeploy.api as gd
+        """`gemdeploy mine` (resumed when interrupted, skipped when finished), then `export` what the backends run."""
+        from gemdeploy.mine.pipeline import mine_run
+        from gemdeploy.run.config import MineConfig
 
         if _summary(out) is None:
-            resume = (out / "config.json").is_file()
-            if resume:
-                gd.mine(self.opts.model, self.opts.data, out, resume=True)
+            if (out / "config.json").is_file():
+                mine_run(out, None, resume=True)
             else:
-                gd.mine(self.opts.model, self.opts.data, out, **self.mine_options(), **options)
+                cfg = MineConfig(model=self.opts.model, data=self.opts.data, **self.mine_options(), **options)
+                mine_run(out, cfg.validate().check_files())
+        self._export(out)
+        return out
+
+    def _export(self, run: Path) -> None:
+        """The files the backends run (an export adds only the precisions the run lacks)."""
+        from gemdeploy.exporters.config import ExportOptions
+        from gemdeploy.exporters.pipeline import export_run
+
         precisions = _precisions(self.opts.backend)
         if precisions:
-            gd.open_run(out).export(precision=precisions)
-        return out
+            export_run(run, ExportOptions(precision=precisions))
 
     def dense(self) -> Path:
         if self.opts.dense:
@@ -108,11 +118,7 @@ class Tune:
                 raise GemdeployError(f"--dense {path} is {summary['model']} on {summary['data']}, not "
                                      f"{self.opts.model} on {self.opts.data}")
             self.progress(f"dense reference: {path} (reused)")
-            import gemdeploy.api as gd
-
-            precisions = _precisions(self.opts.backend)
-            if precisions:
-                gd.open_run(path).export(precision=precisions)
+            self._export(path)
             return path
         self.progress("training the dense reference")
         return self._mine(self.out / DENSE_DIR, method="dense")

@@ -19,6 +19,7 @@ class Artifact:
     label: str  # "torch compacted", "onnx int8", ...
     path: Path  # the file it runs (its size is reported)
     make: Callable[[], "Runner"]
+    source: str | None = None  # the model it was made from: "compacted" | "finetuned" (gemdeploy.compact.deploy)
 
 
 class Runner:
@@ -75,7 +76,8 @@ class Backend:
         return None
 
     def artifacts(self, run, threads: int) -> list[Artifact]:
-        """What ``run`` (a bench RunInfo) offers this backend; empty when it has nothing for it."""
+        """What ``run`` (a bench RunInfo: ``run.deployed()``, ``run.exports``) offers this backend; empty when it
+        has nothing for it (bench lists that pair as a gap)."""
         raise NotImplementedError
 
     def missing_hint(self, run) -> str:
