@@ -102,5 +102,10 @@ def test_a_real_tune_picks_on_validation_stops_at_its_budget_and_resumes(tmp_pat
                            "--batch-size", "4", "--iters", "2", "--warmup", "0", "--out", tmp_path / "b", "--json",
                            check=True).stdout)
     assert {r["run"] for r in bench["rows"]} == {cand.name, "dense"}
+    # Another batch size re-measures the finished candidates instead of mining them again.
+    again = json.loads(cli(*[a if a != "16" else "4" for a in args], "--budget", "20m", "--resume", "--json",
+                           check=True).stdout)
+    assert {o["name"] for o in again["options"]} == {o["name"] for o in result["options"]}
+    assert json.loads((out / "tune.json").read_text())["options"]["batch_size"] == 4
     # A resumed tune keeps its search options.
     assert_clean_error(cli(*[a if a != "1" else "2" for a in args], "--resume"), "--epochs", "same search options")

@@ -89,5 +89,6 @@ class TuneOptions:
     def budget_s(self) -> float:
         return parse_budget(self.budget)
 
-    # What a resumed tune must share with the one it continues (the goal and the budget may change).
-    SAME_SEARCH = ("model", "data", "method", "epochs", "finetune_epochs", "seed", "batch_size")
+    # What a resumed tune must share with the one it continues (the goal, the budget and the batch size may
+    # change; a new batch size re-measures every finished candidate instead of mining them again).
+    SAME_SEARCH = ("model", "data", "method", "epochs", "finetune_epochs", "seed")

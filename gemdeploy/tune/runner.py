@@ -63,7 +63,15 @@ class Tune:
         changed = [k for k in TuneOptions.SAME_SEARCH if k in before and before[k] != getattr(self.opts, k)]
         if changed:
             raise GemdeployError(f"{self.out} was tuned with --{changed[0].replace('_', '-')} {before[changed[0]]}; "
-                                 "resume it with the same search options (the goal and the budget may change)")
+                                 "resume it with the same search options (the goal, the budget and the batch size "
+                                 "may change)")
+        if before.get("batch_size") not in (None, self.opts.batch_size):
+            # Latency depends on the batch: keep every mined candidate, measure them all again, budget anew.
+            for rec in state["candidates"].values():
+                for key in ("backends", "measured_in"):
+                    rec.pop(key, None)
+            state.pop("dense", None)
+            state.update({"seconds": 0.0, "recipes_tried": [], "result": None})
         return state
 
     def elapsed(self) -> float:
@@ -85,14 +93,16 @@ class Tune:
     def _mine(self, out: Path, **options) -> Path:
         """`gemdeploy mine` (resumed when interrupted, skipped when finished), then `export` what the backends run."""
         from gemdeploy.mine.pipeline import mine_run
+        from gemdeploy.progress import Reporter
         from gemdeploy.run.config import MineConfig
 
         if _summary(out) is None:
+            quiet = Reporter(enabled=False)  # tune reports per candidate, not per epoch
             if (out / "config.json").is_file():
-                mine_run(out, None, resume=True)
+                mine_run(out, None, resume=True, reporter=quiet)
             else:
                 cfg = MineConfig(model=self.opts.model, data=self.opts.data, **self.mine_options(), **options)
-                mine_run(out, cfg.validate().check_files())
+                mine_run(out, cfg.validate().check_files(), reporter=quiet)
         self._export(out)
         return out
 
