@@ -53,6 +53,18 @@ def require_onnxruntime() -> None:
                              "one of `pip install gemdeploy[cpu]` or, on GPU hosts, `pip install gemdeploy[gpu]`") from None
 
 
+def sparse24_benefit(model: torch.nn.Module, art: RunArtifacts) -> dict:
+    """Which layers of the exported model 2:4 sparse GPU kernels could ever speed up (their shapes and, for a 2:4
+    run, whether their weights hold the pattern), said before the export starts and kept in export.json."""
+    from gemdeploy.sparsity.kernels24 import holds_per_layer, model_benefit
+
+    if art.config.pattern == "2:4":
+        return model_benefit(model, art.input_shape, holds_per_layer(model))
+    found = model_benefit(model, art.input_shape)
+    found["line"] += "; this run's weights are not 2:4 (`gemdeploy compact RUN --pattern 2:4 --out NEW` projects them)"
+    return found
+
+
 def _sidecar_of(out_dir: Path, name: str) -> dict | None:
     """The sidecar of an artifact in place, or None when the artifact or its sidecar is missing or unreadable."""
     if not (out_dir / name).is_file() or not (out_dir / layout.sidecar(name)).is_file():
@@ -106,6 +118,8 @@ def export_run(run_path: str | Path, opts: ExportOptions, log: Callable[[str], N
     todo = plan(out_dir, opts, source_sha, log)
     if note:
         log(note)
+    kernels24 = sparse24_benefit(model, art)
+    log(kernels24["line"])
 
     started = time.perf_counter()
     data = art.data("cpu")
@@ -136,6 +150,7 @@ def export_run(run_path: str | Path, opts: ExportOptions, log: Callable[[str], N
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     record = _record(art, out_dir, opts, source, note, job, todo, time.perf_counter() - started)
+    record["sparse24_kernels"] = kernels24
     if opts.trt:
         record["tensorrt"] = _build_engines(art, out_dir, opts, record, log)
     write_json(out_dir / layout.RECORD, record)

@@ -19,6 +19,7 @@ from gemdeploy.bench.config import BenchOptions
 from gemdeploy.compact.compaction import model_totals
 from gemdeploy.compact.deploy import Deployed, deployed_model
 from gemdeploy.errors import GemdeployError
+from gemdeploy.machine import gpu_info
 from gemdeploy.exporters.manifest import ExportManifest
 from gemdeploy.run import layout
 from gemdeploy.files import load_metadata
@@ -191,7 +192,8 @@ def _measure(runs: list[RunInfo], opts: BenchOptions, threads: int, progress: Ca
                         "latency_ms": lat, "throughput_ips": batch / (lat["median"] / 1e3),
                         "iters": opts.iters, "warmup": opts.warmup,
                         "cpu_threads": threads if backend.device == "cpu" else None,
-                        **size_info(run, item.path, cache),
+                        "fp32_baseline_backend": backend.fp32_baseline,
+                        **size_info(run, item.path, cache), **runner.notes(batch),
                     })
     if not rows and gaps:
         raise GemdeployError(gaps[0])  # nothing at all to measure: say what would make the first pair measurable
@@ -204,6 +206,7 @@ def _measure(runs: list[RunInfo], opts: BenchOptions, threads: int, progress: Ca
                       "imp_levels": imp_levels(r)} for r in runs],
             "reference": ref.name, "reference_is_dense": ref.summary["method"] == "dense",
             "rows": rows, "unavailable": skipped,
+            "gpu": gpu_info() if any(b.device == "cuda" for b in backends) else None,
             "options": {"batch_sizes": opts.batch_sizes, "backends": opts.backend or None, "iters": opts.iters,
                         "warmup": opts.warmup, "threads": threads, "threads_requested": opts.threads,
                         "noisy_spread": NOISY_SPREAD, "remeasure_factor": REMEASURE_FACTOR},
@@ -243,7 +246,8 @@ def _reference(runs: list[RunInfo]) -> RunInfo:
 
 
 # Where a backend has no fp32 artifact of the reference run (the sparse runtime), its rows are compared with the
-# reference's fp32 on this backend of the same device.
+# reference's fp32 on the backend it names (``fp32_baseline``: fp16 CUDA graphs against fp32 eager PyTorch), else on
+# this backend of the same device.
 FP32_BASELINE_BACKEND = {"cpu": "onnxruntime-cpu", "cuda": "onnxruntime-cuda"}
 
 
@@ -258,8 +262,9 @@ def add_relative(rows: list[dict], ref: str) -> None:
     index = {(r["run"], r["backend"], r["precision"], r["batch"]): r for r in rows}
     for r in rows:
         base = index.get((ref, r["backend"], "fp32", r["batch"]))
-        if base is None and r["device"] in FP32_BASELINE_BACKEND:
-            base = index.get((ref, FP32_BASELINE_BACKEND[r["device"]], "fp32", r["batch"]))
+        fallback = r.get("fp32_baseline_backend") or FP32_BASELINE_BACKEND.get(r["device"])
+        if base is None and fallback:
+            base = index.get((ref, fallback, "fp32", r["batch"]))
         same = index.get((ref, r["backend"], r["precision"], r["batch"]))
         r["baseline"] = _label(ref, base) if base else None
         r["speedup_vs_dense_fp32"] = base["latency_ms"]["median"] / r["latency_ms"]["median"] if base else None

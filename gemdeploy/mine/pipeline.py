@@ -143,6 +143,9 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
                                   # a user's model keeps its BatchNorm as it defines it
                                   "affine_bn": None if is_spec(cfg.model) else False})
     ctx = RunContext(cfg, data, hw, run, reporter, initial_state(cfg, run, data), resume=resume)
+    kernels24 = sparse24_benefit(ctx) if cfg.pattern == "2:4" else None
+    if kernels24:
+        reporter.log(kernels24["line"])
     method = ticket_method(cfg)
     try:
         mask, ticket_info = find_ticket(ctx, method)
@@ -166,14 +169,28 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
         "epochs": cfg.epochs, "finetune_epochs": cfg.finetune_epochs,
         "ticket_epochs": ticket_info.get("training_epochs", 0),
         "ticket_training": {"starts_from": ft_info.get("starts_from"), "recipe": ft_info.get("recipe")},
-        "device": str(hw.device), "world_size": dist.world_size(),
+        "device": str(hw.device), "layout": hw.describe(), "world_size": dist.world_size(),
         "ticket": {k: v for k, v in ticket_info.items() if k != "time_to_ticket_s"},
         "compaction": compaction,
     }
+    if kernels24:
+        summary["sparse24_kernels"] = {k: v for k, v in kernels24.items() if k != "layers"}
     summary["warnings"] = ticket_warnings(summary, mask, data.num_classes, ticket_info.get("mined_val_acc")) \
         if data.real else []
     run.write_json(layout.SUMMARY, summary)
     return summary
+
+
+def sparse24_benefit(ctx: RunContext) -> dict:
+    """Which layers of a --pattern 2:4 ticket 2:4 sparse GPU kernels could ever speed up: the layers the pattern
+    covers, whose GEMM shapes the kernels take (said up front, before mining)."""
+    from gemdeploy.sparsity.kernels24 import model_benefit
+    from gemdeploy.sparsity.nm import nm_eligible_layers, parse_nm
+
+    model = ctx.fresh_model()
+    covered = nm_eligible_layers(model, parse_nm(ctx.config.nm)[1])
+    holds = {name: f"{name}.weight" in covered for name, _ in model.named_modules()}
+    return model_benefit(model, ctx.data.input_shape, holds, not_holding="outside the 2:4 pattern (first or grouped conv)")
 
 
 def _compact(cfg: MineConfig, run: RunDir) -> dict:

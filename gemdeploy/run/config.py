@@ -175,7 +175,9 @@ class MineConfig:
         training split's length) places IMP's default rewind point; without it the rewind stays unresolved."""
         self.validate()
         method = METHODS.get(self.method)
-        if self.pattern not in method.patterns:
+        # A run projected to N:M (`compact --pattern 2:4 --out`) keeps its source's method, which need not mine N:M.
+        projected_nm = self.projected_from is not None and PATTERNS.get(self.pattern).groups(self.nm) is not None
+        if self.pattern not in method.patterns and not projected_nm:
             raise GemdeployError(f"method {self.method} does not support --pattern {self.pattern} "
                                  f"(it supports: {', '.join(method.patterns)})")
         # Each method fills in its own options; every method is asked, so config.json records every reference

@@ -71,5 +71,20 @@ class Mask(dict):
         return cls({k: v.float() for k, v in load_tensors(path).items()})
 
 
+def set_flat_(t: torch.Tensor, index: torch.Tensor, value: float = 1.0) -> torch.Tensor:
+    """``t.flatten()[index] = value`` in place, whatever ``t``'s memory layout.
+
+    ``index`` counts in the logical (row-major) order that ``flatten()`` and scores use. A channels_last tensor
+    (every mask made ``*_like`` a CUDA conv weight) has no flat view, and ``reshape(-1)``/``flatten()`` would
+    quietly write into a copy, so every write of flat positions into a mask goes through here."""
+    if t.is_contiguous():
+        t.view(-1)[index] = value
+    else:
+        flat = t.flatten()
+        flat[index] = value
+        t.copy_(flat.view(t.shape))
+    return t
+
+
 def keep_count(total: int, density: float) -> int:
     return max(1, int(round(total * density)))

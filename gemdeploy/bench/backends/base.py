@@ -44,6 +44,10 @@ class Runner:
     def _timed_call(self, images: torch.Tensor) -> Callable[[], object]:
         return lambda: self.predict(images)
 
+    def notes(self, batch: int) -> dict:
+        """What the backend decided at ``batch`` beyond the timing (e.g. which layers went sparse), for bench.json."""
+        return {}
+
 
 def cuda_event_times(fn: Callable[[], object], iters: int, warmup: int) -> list[float]:
     for _ in range(warmup):
@@ -65,6 +69,7 @@ class Backend:
     device = "cpu"
     opt_in = False  # timed only when asked for by name (--backend)
     needs = "artifact"  # what it runs, for "RUN has no <needs>" messages
+    fp32_baseline: str | None = None  # where its rows find the dense fp32 row when it has none of its own
 
     def unavailable(self) -> str | None:
         """Why this backend cannot run here (None when it can)."""
