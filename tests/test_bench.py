@@ -72,7 +72,7 @@ def test_bench_reports_every_run_backend_and_batch(runs, tmp_path):
         assert 0 <= low <= r["test_acc"] <= high <= 1 and r["test_images"] > 0
         ci = r["acc_delta_vs_dense_fp32_ci"]
         assert ci["paired"] and ci["n"] == r["test_images"]
-        assert ci["low"] <= r["acc_delta_vs_dense_fp32"] == pytest.approx(ci["delta"]) <= ci["high"]
+        assert r["acc_delta_vs_dense_fp32"] == pytest.approx(ci["delta"]) and ci["low"] <= ci["delta"] <= ci["high"]
         assert ci["judgement"] == judge(Difference(ci["delta"], ci["low"], ci["high"], ci["n"], True))
         assert ("images_for_1_point" in ci) == (ci["judgement"] == "too small to tell")
     # The dense run's own INT8 is measured against its fp32 (no longer 1.00x against itself).
