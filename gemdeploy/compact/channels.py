@@ -97,9 +97,14 @@ _tp_reshape_mapping = _tp_index_mapping.update_reshape_index_mapping
 
 
 def _reshape_mapping_or_opaque(graph, node) -> None:
-    """Torch-Pruning's index mapping of a reshape; where its shape inference finds no channels on one side (a
-    channel shuffle: view, transpose, view) it divides by zero. Such a reshape is marked opaque instead, and
-    `channel_groups` leaves every group through it whole."""
+    """Torch-Pruning's index mapping of a reshape, for what it can map: a flatten of a 2-D or 4-D tensor. A view of
+    any other tensor back into channels (a channel shuffle: view, transpose, view) is a permutation it cannot map
+    (its shape inference divides by zero, or multiplies the indices without end); such a reshape is marked opaque,
+    with no mapping, and `channel_groups` leaves every group through it whole."""
+    sizes = getattr(node.grad_fn, "_saved_self_sym_sizes", None)
+    if sizes is not None and len(sizes) not in (2, 4):
+        node.gemdeploy_opaque = True
+        return
     try:
         _tp_reshape_mapping(graph, node)
     except ZeroDivisionError:
@@ -200,6 +205,24 @@ def _all_groups(graph: tp.DependencyGraph):
     Torch-Pruning cannot follow (an index mapping it got wrong, e.g. a split behind a channel shuffle) is skipped:
     that channel space is left whole instead of failing the whole analysis."""
     visited = set()
+    with _index_mapping_once(graph):
+        yield from _groups_of_roots(graph, visited)
+
+
+@contextlib.contextmanager
+def _index_mapping_once(graph: tp.DependencyGraph):
+    """Torch-Pruning recomputes every index mapping (recursive shape inference over the whole graph) for each group it
+    builds; nothing changes between groups while none is pruned, so compute them once (ShuffleNet: minutes -> s)."""
+    _tp_index_mapping.update_index_mapping(graph)
+    original = _tp_index_mapping.update_index_mapping
+    _tp_index_mapping.update_index_mapping = lambda g: None if g is graph else original(g)
+    try:
+        yield
+    finally:
+        _tp_index_mapping.update_index_mapping = original
+
+
+def _groups_of_roots(graph: tp.DependencyGraph, visited: set):
     for module in list(graph.module2node):
         if not isinstance(module, (nn.Conv2d, nn.Linear)) or module in visited:
             continue
