@@ -200,13 +200,12 @@ def _output_modules(graph: tp.DependencyGraph) -> set:
     return {m for m, node in graph.module2node.items() if len(node.outputs) == 0}
 
 
-def _all_groups(graph: tp.DependencyGraph):
+def _all_groups(graph: tp.DependencyGraph) -> list:
     """Torch-Pruning's `get_all_groups` (every conv/linear output space once), except that a root whose group
     Torch-Pruning cannot follow (an index mapping it got wrong, e.g. a split behind a channel shuffle) is skipped:
     that channel space is left whole instead of failing the whole analysis."""
-    visited = set()
     with _index_mapping_once(graph):
-        yield from _groups_of_roots(graph, visited)
+        return list(_groups_of_roots(graph, set()))
 
 
 @contextlib.contextmanager
