@@ -126,6 +126,8 @@ def print_summary(summary: dict, path: Path, json_out: bool) -> None:
         before, after, files = compaction["before"], compaction["after"], compaction["file_bytes"]
         rows += [("compacted params", f"{before['params']:,} -> {after['params']:,} ({after['nonzero_params']:,} nonzero)"),
                  ("compacted file", f"{files['dense']:,} -> {files['compact']:,} bytes")]
+        if compaction.get("channels_left_whole"):
+            rows.append(("channels left whole", compaction["channels_left_whole"]))
     for k, v in rows:
         table.add_row(k, str(v))
     Console().print(table)
