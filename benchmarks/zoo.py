@@ -91,7 +91,8 @@ class Walk:
 
     @property
     def through(self) -> bool:
-        return all(s.outcome == "ok" for s in self.steps.values())
+        """Every step that was asked for went through."""
+        return all(s.outcome in ("ok", "not asked") for s in self.steps.values())
 
     @property
     def failed(self) -> bool:
@@ -134,9 +135,9 @@ def data_file(work: Path, size: int) -> Path:
 
 
 def walk(model: str, pattern: str, work: Path, size: int, runner: Runner = subprocess_runner,
-         timeout: float = 900.0) -> Walk:
-    """mine -> compact -> export -> bench of one torchvision model with one pattern; each step only after the last
-    one went through."""
+         timeout: float = 900.0, steps: tuple[str, ...] = STEPS, exporter: str = "auto") -> Walk:
+    """mine -> compact -> export -> bench of one torchvision model with one pattern (or the first of ``steps``);
+    each step only after the last one went through."""
     run = work / "runs" / f"{model}-{pattern.replace(':', '')}"
     result = Walk(model, pattern)
     mine = _step(runner, ["mine", "--model", f"torchvision:{model}", "--data", f"{data_file(work, size)}:make_data",
@@ -145,14 +146,14 @@ def walk(model: str, pattern: str, work: Path, size: int, runner: Runner = subpr
     result.steps["mine"] = mine
     if mine.outcome == "ok":
         result.steps["compact"] = _compaction(run)
-    if result.steps.get("compact", Step("skipped")).outcome == "ok":
+    if result.steps.get("compact", Step("skipped")).outcome == "ok" and "export" in steps:
         result.steps["export"] = _step(runner, ["export", str(run), "--precision", "fp32", "--verify-samples", "8",
-                                                "--overwrite", "--quiet"], timeout)
-    if result.steps.get("export", Step("skipped")).outcome == "ok":
+                                                "--exporter", exporter, "--overwrite", "--quiet"], timeout)
+    if result.steps.get("export", Step("skipped")).outcome == "ok" and "bench" in steps:
         result.steps["bench"] = _step(runner, ["bench", str(run), "--backend", "onnxruntime-cpu", "-b", "1",
                                                "--iters", "3", "--warmup", "1", "--overwrite", "--json"], timeout)
     for name in STEPS:
-        result.steps.setdefault(name, Step("skipped"))
+        result.steps.setdefault(name, Step("skipped" if name in steps else "not asked"))
     return result
 
 
@@ -171,7 +172,7 @@ def _compaction(run: Path) -> Step:
 
 
 def _cell(step: Step) -> str:
-    if step.outcome == "skipped":
+    if step.outcome in ("skipped", "not asked"):
         return "-"
     text = f"{step.outcome} {step.seconds:.0f}s"
     return f"{text}: {step.detail}" if step.detail and step.outcome != "ok" else text
