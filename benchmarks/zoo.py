@@ -253,9 +253,9 @@ def main(models: str = typer.Option("", help="Comma-separated torchvision names 
             w = walk(name, pattern, work, size, timeout=timeout)
             print(f"{name} {pattern}: " + ", ".join(f"{s} {_cell(w.steps[s])}" for s in STEPS), flush=True)
             walks.append(w)
-    seconds = time.perf_counter() - start
-    (work / "zoo.json").write_text(json.dumps({"size": size, "seconds": seconds, "walks": [asdict(w) for w in walks]},
-                                              indent=1))
+            seconds = time.perf_counter() - start  # saved after every walk: an interrupted walk keeps its results
+            (work / "zoo.json").write_text(json.dumps({"size": size, "seconds": seconds,
+                                                      "walks": [asdict(w) for w in walks]}, indent=1))
     print_table(walks)
     print(summary(walks))
     if write:

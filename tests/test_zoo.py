@@ -14,10 +14,12 @@ if str(REPO) not in sys.path:  # benchmarks/ is not installed: import it from th
     sys.path.insert(0, str(REPO))
 from benchmarks import zoo  # noqa: E402
 
-# The four models the issue found broken, each with the pattern that broke it; the other families cycle through
-# the patterns so each pattern meets several architectures.
+# The four models the issue found broken, each with the pattern that broke it, go through every step; the other
+# families cycle through the patterns (so each pattern meets several architectures) and stop after compaction:
+# export and bench of every family at 64x64 is the benchmark's job (about 20 CPU minutes), not CI's.
 ISSUE_MODELS = {"regnet": ("regnet_x_400mf", "channel"), "shufflenet": ("shufflenet_v2_x0_5", "channel"),
-                "mnasnet": ("mnasnet0_5", "channel"), "swin": ("swin_t", "unstructured")}
+                "mnasnet": ("mnasnet0_5", "channel"), "swin": ("swin_t", "channel")}
+SIZE = 32  # the smallest side most families take; the ones that need more are refused in one line, which is a pass
 
 
 def _plan() -> list[tuple[str, str]]:
@@ -46,18 +48,19 @@ def test_families_cover_the_whole_list():
 @pytest.mark.slow
 @pytest.mark.parametrize("model,pattern", _plan())
 def test_one_model_of_each_family_goes_through_or_is_refused_in_one_line(model, pattern, tmp_path):
-    walk = zoo.walk(model, pattern, tmp_path, size=64, runner=in_process)
+    full = zoo.family(model) in ISSUE_MODELS
+    walk = zoo.walk(model, pattern, tmp_path, size=SIZE, runner=in_process, exporter="torchscript",
+                    steps=zoo.STEPS if full else ("mine", "compact"))
     assert not walk.failed, walk
-    assert all(s.outcome in ("ok", "refused", "skipped") for s in walk.steps.values()), walk
+    assert all(s.outcome in ("ok", "refused", "skipped", "not asked") for s in walk.steps.values()), walk
+    if walk.steps["mine"].outcome == "refused":
+        assert walk.steps["mine"].detail, walk
     if zoo.family(model) in ("regnet", "shufflenet", "mnasnet"):  # the issue's exit-70 models go all the way
         assert walk.through, walk
         assert "channels left whole" not in walk.steps["compact"].detail
-    if model == "swin_t":  # unstructured works without channel analysis; the channel pattern is refused in one line
-        assert walk.through, walk
-        refused = zoo.walk(model, "channel", tmp_path, size=64, runner=in_process).steps["mine"]
-        assert refused.outcome == "refused" and "channel pattern cannot handle" in refused.detail, refused
-    if walk.steps["mine"].outcome == "refused":
-        assert walk.steps["mine"].detail, walk
+    if model == "swin_t":  # its channel analysis is bounded: refused in one line, within seconds, never a hang
+        mine = walk.steps["mine"]
+        assert mine.outcome == "refused" and "channel pattern cannot handle" in mine.detail, mine
 
 
 @pytest.mark.slow
