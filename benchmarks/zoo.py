@@ -246,7 +246,7 @@ def main(models: str = typer.Option("", help="Comma-separated torchvision names 
     unknown = [m for m in names if m not in known] + [p for p in chosen if p not in PATTERNS]
     if unknown:
         raise SystemExit(f"unknown model or pattern: {', '.join(unknown)}")
-    start = time.perf_counter()
+    start, seconds = time.perf_counter(), 0.0
     walks = []
     for name in names:
         for pattern in chosen:
