@@ -227,7 +227,16 @@ def render(walks: list[Walk], size: int, command: str, seconds: float) -> str:
         "included: *compact* checks its logits are exact), `export --precision fp32` (verified against PyTorch), "
         "`bench --backend onnxruntime-cpu -b 1`. *refused*: a one-line error naming the reason; *BUG* (exit 70), "
         "*hang*, *crash*: what must never happen. Times are wall seconds on a shared machine.", "",
-        summary(walks), "", markdown_table(HEADERS, table_rows(walks)), ""])
+        summary(walks) + _subset_note(walks), "", markdown_table(HEADERS, table_rows(walks)), ""])
+
+
+def _subset_note(walks: list[Walk]) -> str:
+    total = len(torchvision_models())
+    models, patterns = {w.model for w in walks}, {w.pattern for w in walks}
+    if len(models) == total and len(patterns) == len(PATTERNS):
+        return ""
+    return (f" A subset ({len(models)} of {total} models, patterns {', '.join(sorted(patterns))}); the whole list with "
+            "every pattern: `python -m benchmarks.zoo`.")
 
 
 def main(models: str = typer.Option("", help="Comma-separated torchvision names (default: every one)."),
