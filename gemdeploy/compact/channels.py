@@ -67,6 +67,8 @@ def analysis_budget(seconds: float | None = None, memory_bytes: int | None = Non
     global _budget_active
     seconds = ANALYSIS_SECONDS if seconds is None else seconds
     memory_bytes = ANALYSIS_MEMORY_BYTES if memory_bytes is None else memory_bytes
+    if seconds <= 0:
+        raise ChannelAnalysisError("has no time budget (0 s)")
     bounded = (not _budget_active and hasattr(signal, "setitimer")
                and threading.current_thread() is threading.main_thread())
     with warnings.catch_warnings():
