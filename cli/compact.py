@@ -78,6 +78,7 @@ def print_record(record: dict, path: Path, json_out: bool, projected: dict | Non
 
     if json_out:
         out = {k: record[k] for k in ("before", "after", "file_bytes", "round_to", "check")}
+        out["channels_left_whole"] = record.get("channels_left_whole")
         if projected is not None:
             holds, eligible = nm_layers(record)
             out["projected"] = {**projected, "nm_layers_hold": holds, "nm_layers_eligible": eligible}
@@ -96,6 +97,8 @@ def print_record(record: dict, path: Path, json_out: bool, projected: dict | Non
     changed = [r for r in record["layers"] if (r["in_before"], r["out_before"]) != (r["in_after"], r["out_after"])]
     print(f"{len(changed)} of {len(record['layers'])} layers thinner; max |logit diff| "
           f"{record['check']['max_abs_logit_diff']:.2e} (logit scale {record['check']['logit_scale']:.2e})")
+    if record.get("channels_left_whole"):
+        print(f"channels left whole: {record['channels_left_whole']}")
     if projected is not None:
         holds, eligible = nm_layers(record)
         acc, src = projected.get("test_acc"), projected.get("source_test_acc")

@@ -1,7 +1,7 @@
 """Every name inside RUN/export/, in one place.
 
     model.<precision>.onnx + model.<precision>.json   verified ONNX and its sidecar (source sha256, checks, accuracy)
-    model.sparse.onnx + model.sparse.json             fp32 with sparse_initializer storage (ONNX Runtime only)
+    model.sparse.onnx + model.sparse.json             fp32 with sparse (COO) weight storage (ONNX Runtime)
     model.sparse-cpu.safetensors + .json              CSR weights + op graph for gemdeploy.sparse_cpu (--precision sparse-cpu)
     engine.<precision>.plan + engine.<precision>.json  TensorRT engines (--trt)
     calib-cache/<sha>-<method>-<samples>.json          INT8 activation ranges (reused)

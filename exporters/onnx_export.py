@@ -117,6 +117,10 @@ def simplify(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
     # onnxslim may rename the graph's I/O; keep ours.
     if [i.name for i in slim.graph.input] != [INPUT_NAME] or [o.name for o in slim.graph.output] != [OUTPUT_NAME]:
         return proto, False
+    try:  # every file gemdeploy writes passes ONNX's full check; a simplification that breaks it is not taken
+        onnx.checker.check_model(slim, full_check=True)
+    except Exception:  # noqa: BLE001 - onnx raises several types
+        return proto, False
     return slim, True
 
 
@@ -152,13 +156,15 @@ def toposort_(graph: onnx.GraphProto) -> None:
 
 
 def to_sparse_storage(proto: onnx.ModelProto, min_saving: float = 0.0) -> tuple[onnx.ModelProto, list[str]]:
-    """Store each weight whose zeros make it smaller as an ONNX ``sparse_initializer`` (COO: the non-zero
-    values plus their int64 linear indices, 12 bytes per kept weight instead of 4 per weight).
+    """Store each weight whose zeros make it smaller in COO form (the non-zero values plus their int64 linear
+    indices, 12 bytes per kept weight instead of 4 per weight), as a ``Constant`` node with a ``sparse_value``.
 
-    ONNX Runtime densifies sparse initializers when it loads the model; TensorRT's ONNX parser does not
-    read them, so engines are built from the dense files. Returns (model, names stored sparse)."""
+    Not as a graph ``sparse_initializer``: that is typed as a sparse tensor, which no Conv or Gemm input accepts, so
+    ONNX's type inference (and `onnx.checker`'s full check, and every tool that runs it) rejects the model. A sparse
+    Constant outputs a dense tensor. ONNX Runtime densifies it when it loads the model; TensorRT's ONNX parser is not
+    given this file (engines are built from the dense files). Returns (model, names stored sparse)."""
     out = onnx.ModelProto.FromString(proto.SerializeToString())
-    keep, sparse, names = [], [], []
+    keep, constants, names = [], [], []
     for init in out.graph.initializer:
         arr = numpy_helper.to_array(init)
         if arr.dtype != np.float32 or arr.ndim < 2:
@@ -172,12 +178,23 @@ def to_sparse_storage(proto: onnx.ModelProto, min_saving: float = 0.0) -> tuple[
             continue
         values = numpy_helper.from_array(flat[nz].astype(np.float32), name=init.name)
         indices = numpy_helper.from_array(nz.astype(np.int64), name=f"{init.name}.indices")
-        sparse.append(onnx.helper.make_sparse_tensor(values, indices, list(arr.shape)))
+        constants.append(onnx.helper.make_node(
+            "Constant", [], [init.name], name=f"{init.name}.sparse",
+            sparse_value=onnx.helper.make_sparse_tensor(values, indices, list(arr.shape))))
         names.append(init.name)
     del out.graph.initializer[:]
     out.graph.initializer.extend(keep)
-    out.graph.sparse_initializer.extend(sparse)
+    nodes = constants + [onnx.NodeProto.FromString(n.SerializeToString()) for n in out.graph.node]
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)  # the constants first: nodes stay in topological order
+    full_check(out)
     return out, names
+
+
+def sparse_constants(proto: onnx.ModelProto) -> int:
+    """How many weights ``proto`` stores as sparse Constants (`to_sparse_storage`)."""
+    return sum(1 for n in proto.graph.node if n.op_type == "Constant"
+               and any(a.name == "sparse_value" for a in n.attribute))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,4 +301,5 @@ def graph_summary(proto: onnx.ModelProto) -> dict:
 
     return {"opset": max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None),
             "nodes": len(proto.graph.node), "ops": dict(sorted(Counter(n.op_type for n in proto.graph.node).items())),
-            "initializers": len(proto.graph.initializer), "sparse_initializers": len(proto.graph.sparse_initializer)}
+            "initializers": len(proto.graph.initializer), "sparse_initializers": len(proto.graph.sparse_initializer),
+            "sparse_constants": sparse_constants(proto)}

@@ -199,9 +199,9 @@ def _sizes_and_sparse_storage(job: ExportJob, masked: torch.nn.Module, fp32_new:
     check = ox.write_verified(sparse_proto, path, lambda p: ox.verify(p, job.model, job.verify_images, "fp32",
                                                                       job.reference), "the sparse-storage ONNX")
     out[layout.SPARSE_STORAGE] = job.sidecar(
-        path, sparse_proto, precision="fp32", storage="sparse_initializer (COO, int64 indices)", sparse_tensors=names,
+        path, sparse_proto, precision="fp32", storage="Constant sparse_value (COO, int64 indices)", sparse_tensors=names,
         verification=check, test_acc=job.fp32_acc,
-        note="ONNX Runtime densifies sparse initializers at load time; TensorRT's parser does not read them, so "
+        note="ONNX Runtime densifies the sparse weights at load time; TensorRT's parser does not read them, so "
              "engines are built from model.fp32.onnx")
     return out
 

@@ -64,6 +64,17 @@ def test_bench_reports_every_run_backend_and_batch(runs, tmp_path):
         same = rows[("dense", backend, precision, batch)]
         assert r["speedup_vs_dense_same_precision"] == pytest.approx(same["latency_ms"]["median"] / r["latency_ms"]["median"])
         assert r["acc_delta_vs_dense_same_precision"] == pytest.approx(r["test_acc"] - same["test_acc"])
+    # Every accuracy comes with its 95% interval and every delta with its paired interval (same test images).
+    from gemdeploy.stats import judge, Difference
+
+    for (run, backend, precision, batch), r in rows.items():
+        low, high = r["test_acc_ci"]
+        assert 0 <= low <= r["test_acc"] <= high <= 1 and r["test_images"] > 0
+        ci = r["acc_delta_vs_dense_fp32_ci"]
+        assert ci["paired"] and ci["n"] == r["test_images"]
+        assert r["acc_delta_vs_dense_fp32"] == pytest.approx(ci["delta"]) and ci["low"] <= ci["delta"] <= ci["high"]
+        assert ci["judgement"] == judge(Difference(ci["delta"], ci["low"], ci["high"], ci["n"], True))
+        assert ("images_for_1_point" in ci) == (ci["judgement"] == "too small to tell")
     # The dense run's own INT8 is measured against its fp32 (no longer 1.00x against itself).
     dense_int8, dense_fp32 = rows[("dense", "onnxruntime-cpu", "int8", 8)], rows[("dense", "onnxruntime-cpu", "fp32", 8)]
     assert dense_int8["speedup_vs_dense_same_precision"] == 1.0
@@ -89,6 +100,7 @@ def test_bench_reports_every_run_backend_and_batch(runs, tmp_path):
     assert "## Verdict" in report and "**Verdict: " in report and "dense fp32" in report
     assert "nonzero MACs" in report and "Baseline: dense fp32 on onnxruntime-cpu" in report
     assert "CPU backends on 1 thread" in report
+    assert "95% CI" in report and "Newcombe" in report
     assert ("## Not measured" in report) == bool(result["unavailable"])
     for png in ("accuracy_vs_latency.png", "latency_by_backend.png", "accuracy_vs_density.png"):
         data = (out / png).read_bytes()
@@ -97,6 +109,40 @@ def test_bench_reports_every_run_backend_and_batch(runs, tmp_path):
     saved = json.loads((out / "bench.json").read_text())
     assert saved["rows"] == result["rows"] and saved["command"].startswith("gemdeploy bench ")
     assert saved["options"]["threads"] == 1
+
+
+def test_verdict_says_when_the_test_split_is_too_small_to_tell():
+    """The issue's case: a ticket and its dense model both at 0% on 64 test images is no evidence the ticket costs
+    nothing; the verdict says the split cannot tell and how many images could."""
+    import numpy as np
+
+    from gemdeploy.bench.measure import add_relative
+    from gemdeploy.bench.report import verdict
+
+    def row(run, ms, correct):
+        return {"run": run, "method": "dense" if run == "dense" else "gem-miner", "backend": "onnxruntime-cpu",
+                "device": "cpu", "artifact": "fp32 ONNX", "precision": "fp32", "batch": 64,
+                "test_acc": float(correct.mean()), "_correct": correct, "latency_ms": {"median": ms, "p10": ms, "p90": ms},
+                "file_bytes": 1000 if run == "dense" else 100, "nonzero_macs": 10}
+
+    def judged(gm_correct, dense_correct):
+        rows = [row("gm", 1.0, gm_correct), row("dense", 3.0, dense_correct)]
+        add_relative(rows, "dense")
+        runs = [{"name": "gm", "method": "gem-miner", "sparsity": 0.9}, {"name": "dense", "method": "dense", "sparsity": 0.0}]
+        return rows[0], verdict({"rows": rows, "reference": "dense", "runs": runs, "reference_is_dense": True})
+
+    zeros = np.zeros(64, dtype=bool)
+    gm, text = judged(zeros, zeros)
+    assert gm["acc_delta_vs_dense_fp32_ci"]["judgement"] == "too small to tell"
+    assert "too small to tell" in text and "worth it" not in text
+    assert "64 test images" in text and "381 test images would resolve 1 point" in text
+    # 5,000 images on which the two models agree but for a handful: the same 3x faster ticket is worth it.
+    rng = np.random.default_rng(0)
+    dense = rng.random(5000) < 0.9
+    gm_correct = dense.copy()
+    gm_correct[:5] = ~gm_correct[:5]
+    gm, text = judged(gm_correct, dense)
+    assert gm["acc_delta_vs_dense_fp32_ci"]["judgement"] == "within" and "**Verdict: worth it.**" in text
 
 
 @pytest.mark.slow

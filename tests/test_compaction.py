@@ -226,3 +226,116 @@ def test_compaction_keeps_a_2_4_pattern_aligned():
     assert free[0][3].in_channels == 55 and not satisfies_nm(free[0][3].weight, 2, 4)  # shifted groups
     aligned, _ = compact_model(model, SHAPE, round_to=1, nm=(2, 4))
     assert aligned[0][3].in_channels == 60 and satisfies_nm(aligned[0][3].weight, 2, 4)
+
+
+# --- layers Torch-Pruning needs help with (issue 22) --------------------------------------------------------------
+class _GroupedBlock(nn.Module):
+    """RegNet's layout: 1x1 conv, a 3x3 conv in 4 groups, 1x1 conv, with affine BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn_a = nn.Conv2d(1, 16, 1), nn.BatchNorm2d(16)
+        self.b, self.bn_b = nn.Conv2d(16, 16, 3, padding=1, groups=4), nn.BatchNorm2d(16)
+        self.c = nn.Conv2d(16, 8, 1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn_a(self.a(x)))
+        x = torch.relu(self.bn_b(self.b(x)))
+        return self.fc(torch.relu(self.c(x)).mean((2, 3)))
+
+
+class _Shuffled(nn.Module):
+    """ShuffleNet's channel shuffle (view, transpose, view) between two convs."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.a(x))
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        x = torch.relu(self.c(torch.relu(self.b(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_grouped_conv_channels_go_by_whole_columns_across_its_blocks(digits):
+    from gemdeploy.sparsity.channels import analyze
+
+    torch.manual_seed(0)
+    model = _GroupedBlock()
+    _, groups = analyze(model, SHAPE)
+    space = next(g for g in groups if g.root == "a")
+    assert space.tile == 4 and space.units == 4  # 16 channels in 4 blocks of the grouped conv
+    with torch.no_grad():
+        for c in (1, 5, 9, 13):  # position 1 of every block: a whole column
+            model.a.weight[c] = 0
+            model.a.bias[c] = 0
+            model.bn_a.bias[c] = 0
+        model.a.weight[2] = 0  # one channel of one block only: cannot go alone
+        model.a.bias[2] = 0
+        model.bn_a.bias[2] = 0
+    _settle_bn(model, digits)
+    compacted, steps = compact_model(model, SHAPE, round_to=1)
+    assert compacted.b.groups == 4 and compacted.b.in_channels == 12 and compacted.a.out_channels == 12
+    with torch.no_grad():
+        ref, out = model(digits), compacted(digits)
+    assert (ref - out).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_a_channel_shuffle_leaves_its_groups_whole_and_the_rest_compacts(digits):
+    from gemdeploy.sparsity.channels import analyze
+
+    torch.manual_seed(0)
+    model = _Shuffled()
+    _, groups = analyze(model, SHAPE)
+    roots = {g.root for g in groups}
+    assert "a" not in roots and "b" in roots  # a's channels pass through the shuffle; b -> c does not
+    with torch.no_grad():
+        model.a.weight[:3] = 0
+        model.a.bias[:3] = 0
+        model.b.weight[:4] = 0
+        model.b.bias[:4] = 0
+    compacted, steps = compact_model(model.eval(), SHAPE, round_to=1)
+    assert compacted.a.out_channels == 8 and compacted.b.out_channels == 4
+    with torch.no_grad():
+        ref, out = model(digits), compacted(digits)
+    assert (ref - out).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_channel_analysis_over_budget_is_refused_or_left_whole(monkeypatch, digits):
+    import time
+
+    from gemdeploy.sparsity import channels
+
+    with pytest.raises(channels.ChannelAnalysisError, match="CPU seconds"):
+        with channels.analysis_budget(seconds=0.3):
+            end = time.process_time() + 30
+            while time.process_time() < end:  # a stand-in for Torch-Pruning recursing without end
+                pass
+    with pytest.raises(channels.ChannelAnalysisError, match="GiB"):
+        with channels.analysis_budget(memory_bytes=32 << 20):
+            hoard = [b"\x01" * (8 << 20) for _ in range(16)]  # written pages: resident memory really grows
+            time.sleep(1)
+            del hoard
+    monkeypatch.setattr(channels, "ANALYSIS_SECONDS", 0.0)
+    model = _GroupedBlock()
+    with pytest.raises(channels.ChannelAnalysisError):
+        compact_model(model, SHAPE, round_to=1)
+    mask = Mask({k: torch.zeros_like(w) for k, w in prunable_weights(model).items()})
+    assert channels.killed_channel_params(model, SHAPE, mask) == {}  # no channel removable: nothing to hold at zero
+
+
+def test_weights_saved_without_version_metadata_load_into_mnasnet(tmp_path):
+    from gemdeploy.models import build_model, load_weights
+
+    model = build_model("torchvision:mnasnet0_5", (3, 32, 32), 10)
+    save_sparse(tmp_path / "w.safetensors", model.state_dict())  # safetensors keeps no per-module versions
+    state = load_sparse(tmp_path / "w.safetensors")
+    with pytest.raises(ValueError, match="version"):
+        build_model("torchvision:mnasnet0_5", (3, 32, 32), 10).load_state_dict(state)  # what torch alone does
+    fresh = build_model("torchvision:mnasnet0_5", (3, 32, 32), 10)
+    load_weights(fresh, state)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))

@@ -164,7 +164,8 @@ def test_sparse_storage_is_smaller_and_runs(tmp_path):
     x = torch.randn(32, *SHAPE)
     proto, _ = ox.torch_to_onnx(model, x, exporter="torchscript")
     sparse, names = ox.to_sparse_storage(proto)
-    assert names and len(sparse.graph.sparse_initializer) == len(names)
+    assert names and ox.sparse_constants(sparse) == len(names) and not sparse.graph.sparse_initializer
+    onnx.checker.check_model(sparse, full_check=True)  # sparse weights as Constants: ONNX's type inference holds
     check = ox.write_verified(sparse, tmp_path / "s.onnx", lambda p: ox.verify(p, model, x, "fp32"), "sparse")
     assert check["ok"]
     assert (tmp_path / "s.onnx").stat().st_size < len(proto.SerializeToString()) / 5
@@ -191,12 +192,18 @@ def test_every_calibration_method_gives_symmetric_per_channel_qdq(method, tmp_pa
 # ---------------------------------------------------------------- the real CLI on a real ticket
 
 
+def onnx_precisions() -> list[str]:
+    """Every registered precision whose artifact is an ONNX file."""
+    from gemdeploy.exporters.precisions import PRECISIONS
+
+    return [name for name, cls in PRECISIONS.items() if cls.file.endswith(".onnx")]
+
+
 @pytest.fixture(scope="module")
 def exported(lenet_run, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("export") / "lenet"
     shutil.copytree(lenet_run, run, ignore=shutil.ignore_patterns("export"))
-    proc = cli("export", run, "--precision", "fp16", "--precision", "int8", "--precision", "int8-cpu",
-               "--calib-samples", "256")
+    proc = cli("export", run, *[arg for p in onnx_precisions() for arg in ("--precision", p)], "--calib-samples", "256")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return run
 
@@ -220,6 +227,20 @@ def test_cli_export_writes_verified_artifacts(exported):
     assert abs(record["accuracy"]["fp32"] - summary["test_acc"]) <= 0.002
     sizes = record["sizes"]
     assert sizes["sparse_storage_bytes"] < sizes["dense_bytes"] / 5  # a 98.6%-sparse ticket
+
+
+def test_every_onnx_file_passes_the_full_check(exported):
+    """Every ONNX file export writes (one per registered ONNX precision, and the sparse-storage file) passes ONNX's
+    own full check, type and shape inference included, so any tool that runs it can read the file."""
+    from gemdeploy.exporters import layout
+    from gemdeploy.exporters.precisions import PRECISIONS
+
+    out = exported / "export"
+    expected = {PRECISIONS.get(p).file for p in onnx_precisions()} | {layout.SPARSE_STORAGE}
+    written = {p.name for p in out.glob("*.onnx")}
+    assert expected <= written, expected - written
+    for name in sorted(written):
+        onnx.checker.check_model(onnx.load(str(out / name)), full_check=True)
 
 
 def test_int8_is_symmetric_qdq_and_accurate(exported):

@@ -23,6 +23,7 @@ from gemdeploy.machine import gpu_info
 from gemdeploy.exporters.manifest import ExportManifest
 from gemdeploy.run import layout
 from gemdeploy.files import load_metadata
+from gemdeploy.stats import images_needed, judge, paired_difference, wilson_interval
 
 
 @dataclass
@@ -68,13 +69,10 @@ def open_runs(paths: list[Path]) -> list[RunInfo]:
     return runs
 
 
-def accuracy(runner: Runner, split, batch_size: int) -> float:
-    correct = total = 0
-    for x, y in split.batches(batch_size):
-        pred = runner.predict(x).argmax(1)
-        correct += int((pred == y.cpu().numpy()).sum())
-        total += len(y)
-    return correct / max(1, total)
+def correct_per_image(runner: Runner, split, batch_size: int) -> np.ndarray:
+    """One bool per test image, in the split's order: the paired outcomes the accuracy intervals need."""
+    out = [runner.predict(x).argmax(1) == y.cpu().numpy() for x, y in split.batches(batch_size)]
+    return np.concatenate(out).astype(bool) if out else np.zeros(0, dtype=bool)
 
 
 def real_batch(test_images: torch.Tensor, batch: int) -> torch.Tensor:
@@ -182,13 +180,16 @@ def _measure(runs: list[RunInfo], opts: BenchOptions, threads: int, progress: Ca
                     raise GemdeployError(f"batch size {too_big[0]} is above the engine's profile (max {runner.max_batch}) "
                                          f"of {item.path}; rebuild with `gemdeploy export ... --trt --max-batch {max(too_big)}`")
                 acc_batch = min(256, runner.max_batch or 256)
-                acc = accuracy(runner, data.test, acc_batch)
+                outcomes = correct_per_image(runner, data.test, acc_batch)
+                acc = float(outcomes.mean()) if outcomes.size else 0.0
+                acc_ci = list(wilson_interval(int(outcomes.sum()), len(outcomes)))
                 for batch in opts.batch_sizes:
                     lat = timed(runner, real_batch(test_images, batch), opts.iters, opts.warmup)
                     rows.append({
                         "run": run.name, "method": run.summary["method"], "pattern": run.summary.get("pattern"),
                         "sparsity": run.summary["sparsity"], "backend": backend.name, "device": backend.device,
                         "artifact": item.label, "source": item.source, "precision": item.precision, "batch": batch, "test_acc": acc,
+                        "test_acc_ci": acc_ci, "test_images": int(len(outcomes)), "_correct": outcomes,
                         "latency_ms": lat, "throughput_ips": batch / (lat["median"] / 1e3),
                         "iters": opts.iters, "warmup": opts.warmup,
                         "cpu_threads": threads if backend.device == "cpu" else None,
@@ -199,6 +200,8 @@ def _measure(runs: list[RunInfo], opts: BenchOptions, threads: int, progress: Ca
         raise GemdeployError(gaps[0])  # nothing at all to measure: say what would make the first pair measurable
     ref = _reference(runs)
     add_relative(rows, ref.name)
+    for r in rows:
+        del r["_correct"]  # per-image outcomes: used for the paired intervals, not written out
     return {"runs": [{"name": r.name, "path": str(r.art.run.path), "method": r.summary["method"],
                       "model": r.summary["model"], "data": r.summary["data"], "sparsity": r.summary["sparsity"],
                       "density": r.summary.get("density", 1.0 - r.summary["sparsity"]),
@@ -272,5 +275,20 @@ def add_relative(rows: list[dict], ref: str) -> None:
         r["baseline_same_precision"] = _label(ref, same) if same else None
         r["speedup_vs_dense_same_precision"] = same["latency_ms"]["median"] / r["latency_ms"]["median"] if same else None
         r["acc_delta_vs_dense_same_precision"] = r["test_acc"] - same["test_acc"] if same else None
+        r["acc_delta_vs_dense_fp32_ci"] = _delta_interval(r, base)
+        r["acc_delta_vs_dense_same_precision_ci"] = _delta_interval(r, same)
         r["baseline_noisy"] = bool(base and base["latency_ms"].get("noisy"))
         r["baseline_same_precision_noisy"] = bool(same and same["latency_ms"].get("noisy"))
+
+
+def _delta_interval(row: dict, base: dict | None) -> dict | None:
+    """The accuracy difference row - base with its paired 95% interval (both scored the same test images), and,
+    when the interval cannot tell a 1-point difference, how many test images could."""
+    if base is None or "_correct" not in row or "_correct" not in base or len(row["_correct"]) != len(base["_correct"]):
+        return None
+    diff = paired_difference(row["_correct"], base["_correct"])
+    verdict = judge(diff)
+    out = {**diff.as_dict(), "judgement": verdict}
+    if verdict == "too small to tell":
+        out["images_for_1_point"] = images_needed(row["_correct"], base["_correct"])
+    return out

@@ -22,8 +22,15 @@ def _fmt_ratio(x: float | None, suffix: str = "x") -> str:
     return "-" if x is None else f"{x:.2f}{suffix}"
 
 
-def _fmt_delta(x: float | None) -> str:
-    return "-" if x is None else f"{x * 100:+.1f}pt"
+def _fmt_delta(x: float | None, ci: dict | None = None) -> str:
+    """'-9.7pt', with its 95% interval when known: '-9.7pt [-12.1, -7.3]'."""
+    if x is None:
+        return "-"
+    return f"{x * 100:+.1f}pt" + (f" [{ci['low'] * 100:+.1f}, {ci['high'] * 100:+.1f}]" if ci else "")
+
+
+def _fmt_acc(acc: float, ci: list | None = None) -> str:
+    return f"{acc:.2%}" + (f" ({ci[0]:.1%}-{ci[1]:.1%})" if ci else "")
 
 
 def _fmt_ms(v: float) -> str:
@@ -39,9 +46,9 @@ def _fmt_count(n: int | None) -> str:
     return str(n)
 
 
-def _vs(speedup: float | None, delta: float | None, noisy: bool = False) -> str:
-    """'2.91x -9.7pt'; '!' when either latency behind the ratio is noisy."""
-    return "-" if speedup is None else f"{speedup:.2f}x{NOISY_MARK if noisy else ''} {_fmt_delta(delta)}"
+def _vs(speedup: float | None, delta: float | None, noisy: bool = False, ci: dict | None = None) -> str:
+    """'2.91x -9.7pt [-12.1, -7.3]'; '!' when either latency behind the ratio is noisy."""
+    return "-" if speedup is None else f"{speedup:.2f}x{NOISY_MARK if noisy else ''} {_fmt_delta(delta, ci)}"
 
 
 def _baseline_of(rows: list[dict]) -> str:
@@ -60,7 +67,8 @@ def print_table(result: dict, console: Console | None = None) -> None:
         rows = [r for r in result["rows"] if r["backend"] == backend]
         threads = f", {opts['threads']} CPU thread{'s' if opts['threads'] != 1 else ''}" if rows[0]["device"] == "cpu" else ""
         table = Table(title=f"{backend}{threads}: speed-up and Δacc vs {escape(_baseline_of(rows))}",
-                      caption=f"second figure: vs {escape(ref)} in the same precision; ms: median and p10-p90 of "
+                      caption=f"second figure: vs {escape(ref)} in the same precision; acc: test accuracy (95% "
+                              "interval); Δacc [95% paired interval]; ms: median and p10-p90 of "
                               f"the calls; {NOISY_MARK} noisy (p10-p90 > {opts['noisy_spread']:.0%} of the median "
                               "after a longer re-measurement)" if rows else None)
         for col in ("run", "artifact", "batch", "acc", "ms", "p10-p90", "p99", "img/s", f"vs {ref} fp32", "same prec.",
@@ -70,13 +78,15 @@ def print_table(result: dict, console: Console | None = None) -> None:
             lat = r["latency_ms"]
             noisy = lat.get("noisy")
             ms = f"{_fmt_ms(lat['median'])}{' ' + NOISY_MARK if noisy else ''}"
-            table.add_row(escape(r["run"]), escape(r["artifact"]), str(r["batch"]), f"{r['test_acc']:.2%}",
+            table.add_row(escape(r["run"]), escape(r["artifact"]), str(r["batch"]),
+                          _fmt_acc(r["test_acc"], r.get("test_acc_ci")),
                           f"[yellow]{ms}[/yellow]" if noisy else ms,
                           f"{_fmt_ms(lat['p10'])}-{_fmt_ms(lat['p90'])}", _fmt_ms(lat["p99"]),
                           f"{r['throughput_ips']:,.0f}",
-                          _vs(r["speedup_vs_dense_fp32"], r["acc_delta_vs_dense_fp32"], noisy or r.get("baseline_noisy")),
+                          _vs(r["speedup_vs_dense_fp32"], r["acc_delta_vs_dense_fp32"], noisy or r.get("baseline_noisy"),
+                              r.get("acc_delta_vs_dense_fp32_ci")),
                           _vs(r["speedup_vs_dense_same_precision"], r["acc_delta_vs_dense_same_precision"],
-                              noisy or r.get("baseline_same_precision_noisy")),
+                              noisy or r.get("baseline_same_precision_noisy"), r.get("acc_delta_vs_dense_same_precision_ci")),
                           f"{r['nonzero_params']:,}", "-" if r["file_bytes"] is None else f"{r['file_bytes'] / 1024:,.0f}")
         console.print(table)
         for line in sparse24_lines(rows):
@@ -161,7 +171,12 @@ def verdict(result: dict) -> str:
     smallest = min(files, key=lambda r: r["file_bytes"], default=None)
     size_gain = base["file_bytes"] / smallest["file_bytes"] if smallest and base["file_bytes"] else None
     ref_macs = next((r["nonzero_macs"] for r in rows if r["run"] == ref), None)
-    if cost <= 1.0 and (speedup >= 1.2 or (size_gain or 0) >= 2):
+    # What the test split can tell: each accuracy delta's paired interval, read against a 1-point loss.
+    intervals = [r.get("acc_delta_vs_dense_fp32_ci") for r in (same, fastest) if r is not None]
+    undecided = [ci for ci in intervals if ci and ci["judgement"] == "too small to tell"]
+    if undecided and not any(ci and ci["judgement"] == "worse" for ci in intervals):
+        call = "the test split is too small to tell"
+    elif cost <= 1.0 and (speedup >= 1.2 or (size_gain or 0) >= 2):
         call = "worth it"
     elif speedup < 1.05 and (size_gain or 0) < 2:
         call = "not worth it here"
@@ -175,14 +190,20 @@ def verdict(result: dict) -> str:
              f"{subject['sparsity']:.1%} sparse)"]
     if same is not None:
         parts.append(f" scores {same['test_acc']:.2%} against {base['test_acc']:.2%} for {ref_kind} "
-                     f"({-acc_pt:+.1f} points, both {base['backend']} fp32).")
+                     f"({-acc_pt:+.1f} points{_ci_words(same.get('acc_delta_vs_dense_fp32_ci'))}, "
+                     f"both {base['backend']} fp32).")
     else:
         parts.append(f" has no fp32 measurement on {base['backend']}.")
     parts.append(f" At batch {batch} its fastest artifact, {fastest['artifact']} on {fastest['backend']}, takes "
                  f"{_fmt_ms(lat['median'])} ms (p10-p90 {_fmt_ms(lat['p10'])}-{_fmt_ms(lat['p90'])}) against "
                  f"{_fmt_ms(blat['median'])} ms for {ref_kind} on {base['backend']}: {speedup:.2f}x "
                  f"{'faster' if speedup >= 1 else 'slower'}, at {fastest['test_acc']:.2%} test accuracy "
-                 f"({-fast_pt:+.1f} points).")
+                 f"({-fast_pt:+.1f} points{_ci_words(fastest.get('acc_delta_vs_dense_fp32_ci'))}).")
+    if undecided:
+        worst = max(undecided, key=lambda ci: ci.get("images_for_1_point") or 0)
+        parts.append(f" On {worst['n']:,} test images an accuracy difference that small is within its error bar: "
+                     f"the interval holds both no loss and a loss of more than 1 point; about "
+                     f"{worst.get('images_for_1_point', 0):,} test images would resolve 1 point.")
     if smallest is not None and size_gain:
         parts.append(f" Its smallest file ({smallest['artifact']}) is {smallest['file_bytes'] / 1024:,.0f} KiB against "
                      f"{base['file_bytes'] / 1024:,.0f} KiB ({size_gain:.1f}x smaller);")
@@ -193,6 +214,10 @@ def verdict(result: dict) -> str:
         parts.append(" Caution: " + " and ".join(f"{r['run']} {r['artifact']} on {r['backend']}" for r in noisy)
                      + " stayed noisy after re-measuring; re-run on a quieter machine before trusting the speed-up.")
     return "".join(parts)
+
+
+def _ci_words(ci: dict | None) -> str:
+    return "" if not ci else f", 95% CI {ci['low'] * 100:+.1f} to {ci['high'] * 100:+.1f}"
 
 
 # --------------------------------------------------------------------------------------------- plots
@@ -453,7 +478,9 @@ def write_outputs(result: dict, out: Path, machine: str, command: str | None = N
     lines += [f"Baseline of every speed-up and Δacc: **{ref} fp32** ({baseline_note}) on the same backend and batch "
               f"(the sparse runtime, which has no fp32 file, against {ref} fp32 on ONNX Runtime of the same device); "
               "the *same precision* columns compare with "
-              f"{ref} in the row's own precision.", "", "## Runs", "",
+              f"{ref} in the row's own precision. Test accuracy with its 95% Wilson interval; each Δacc with its 95% "
+              "paired interval (Newcombe's, from the per-image outcomes: every run is scored on the same test "
+              "images).", "", "## Runs", "",
               "| run | method | model | data | pattern | sparsity | test acc (mine) | nonzero MACs | dense MACs |",
               "|---|---|---|---|---|---|---|---|---|"]
     macs = {}
@@ -481,11 +508,11 @@ def write_outputs(result: dict, out: Path, machine: str, command: str | None = N
 
             nbytes = f"{r['file_bytes']:,}" if r["file_bytes"] else "-"
             lines.append(
-                f"| {r['run']} | {r['artifact']} | {r['batch']} | {r['test_acc']:.2%} | "
+                f"| {r['run']} | {r['artifact']} | {r['batch']} | {_fmt_acc(r['test_acc'], r.get('test_acc_ci'))} | "
                 f"{_fmt_ratio(r['speedup_vs_dense_fp32'])}{caution(r.get('baseline_noisy'))} | "
-                f"{_fmt_delta(r['acc_delta_vs_dense_fp32'])} | "
+                f"{_fmt_delta(r['acc_delta_vs_dense_fp32'], r.get('acc_delta_vs_dense_fp32_ci'))} | "
                 f"{_fmt_ratio(r['speedup_vs_dense_same_precision'])}{caution(r.get('baseline_same_precision_noisy'))} | "
-                f"{_fmt_delta(r['acc_delta_vs_dense_same_precision'])} | "
+                f"{_fmt_delta(r['acc_delta_vs_dense_same_precision'], r.get('acc_delta_vs_dense_same_precision_ci'))} | "
                 f"{_fmt_ms(lat['median'])}{flag} | {_fmt_ms(lat['p10'])}-{_fmt_ms(lat['p90'])} | {_fmt_ms(lat['p99'])} | "
                 f"{lat['calls']}{' (re-measured)' if lat.get('remeasured') else ''} | {r['throughput_ips']:,.0f} | "
                 f"{r['nonzero_params']:,} | {nbytes} |")

@@ -19,8 +19,9 @@ from torch import nn
 
 from gemdeploy.run import layout
 from gemdeploy.run.artifacts import RunArtifacts
-from gemdeploy.sparsity.channels import compact_channels, replay_steps
+from gemdeploy.sparsity.channels import ChannelAnalysisError, compact_channels, replay_steps
 from gemdeploy.errors import GemdeployError
+from gemdeploy.models import load_weights
 from gemdeploy.sparsity import PATTERNS
 from gemdeploy.sparsity.masks import PRUNABLE_TYPES
 from gemdeploy.sparsity.nm import nm_eligible_layers, parse_nm, satisfies_nm
@@ -114,7 +115,12 @@ def compact_run(artifacts: RunArtifacts, round_to: int) -> dict:
     n, m = parse_nm(artifacts.config.nm)
     # An N:M ticket's groups must survive: channel removal may not shift them.
     keep_nm = PATTERNS.get(artifacts.config.pattern).compaction_constraint(artifacts.config.nm)
-    compacted, steps = compact_model(model, shape, round_to, keep_nm)
+    left_whole = None
+    try:
+        compacted, steps = compact_model(model, shape, round_to, keep_nm)
+    except ChannelAnalysisError as exc:
+        # No channel is provably removable without the analysis: the sparse weights are still stored compactly.
+        compacted, steps, left_whole = copy.deepcopy(model).eval(), [], f"Torch-Pruning's channel analysis {exc}"
     diff, scale = _max_logit_diff(model, compacted, shape)
     tolerance = EXACT_REL_TOL * max(scale, 1e-6)
     if not math.isfinite(diff) or diff > tolerance:
@@ -131,6 +137,7 @@ def compact_run(artifacts: RunArtifacts, round_to: int) -> dict:
         "before": model_totals(model, shape), "after": model_totals(compacted, shape),
         "file_bytes": {"dense": dense_bytes, "compact": (run / WEIGHTS).stat().st_size},
         "check": {"max_abs_logit_diff": diff, "logit_scale": scale, "inputs": "8 standard-normal images"},
+        "channels_left_whole": left_whole,
         "seconds": time.perf_counter() - started,
     }
     run.write_json(RECORD, record)
@@ -171,7 +178,7 @@ def load_compacted_model(artifacts: RunArtifacts) -> nn.Module:
         raise GemdeployError(f"{artifacts.run / RECORD} does not fit {artifacts.config.model}: {exc}") from None
     state = load_sparse(artifacts.run / WEIGHTS)
     try:
-        model.load_state_dict(state)
+        load_weights(model, state)
     except RuntimeError as exc:
         raise GemdeployError(f"{artifacts.run / WEIGHTS} does not fit the compaction record: "
                              f"{str(exc).splitlines()[0]}") from None

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from gemdeploy.data.splits import DataBundle
-from gemdeploy.models import model_for
+from gemdeploy.models import load_weights, model_for
 from gemdeploy.progress import Reporter
 from gemdeploy.run.config import MineConfig
 from gemdeploy.run.rundir import RunDir
@@ -29,7 +29,7 @@ class RunContext:
     def fresh_model(self, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
         """The network at ``state`` (default: its initial weights), on the device."""
         model = model_for(self.config, self.data.input_shape, self.data.num_classes)
-        model.load_state_dict(self.init_state if state is None else state)
+        load_weights(model, self.init_state if state is None else state)
         return self.hw.prepare(model)
 
     def log(self, record: dict) -> None:

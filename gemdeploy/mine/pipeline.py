@@ -200,4 +200,4 @@ def _compact(cfg: MineConfig, run: RunDir) -> dict:
 
     record = compact_stage(RunArtifacts.open(run.path), cfg.round_to)  # skipped when a resumed run has it
     return {"before": record["before"], "after": record["after"], "file_bytes": record["file_bytes"],
-            "round_to": record["round_to"]}
+            "round_to": record["round_to"], "channels_left_whole": record.get("channels_left_whole")}

@@ -47,3 +47,15 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, 
 def model_for(config, input_shape: tuple[int, int, int], num_classes: int) -> "nn.Module":
     """The network of a run configuration (a MineConfig): its model, its recorded source file checked."""
     return build_model(config.model, input_shape, num_classes, sha256=getattr(config, "model_sha256", None))
+
+
+def load_weights(model: "nn.Module", state: dict) -> None:
+    """``model.load_state_dict(state)`` for a state read from safetensors, which keeps no per-module version
+    metadata: the state was saved from this very architecture, so its own versions are attached (torchvision's
+    MNASNet refuses a state without them)."""
+    if getattr(state, "_metadata", None) is None:
+        from collections import OrderedDict
+
+        state = OrderedDict(state)
+        state._metadata = model.state_dict()._metadata  # type: ignore[attr-defined]
+    model.load_state_dict(state)

@@ -11,7 +11,7 @@ from torch import nn
 
 from gemdeploy.errors import GemdeployError
 from gemdeploy.data import data_for
-from gemdeploy.models import model_for
+from gemdeploy.models import load_weights, model_for
 from gemdeploy.run import layout
 from gemdeploy.run.config import MineConfig
 from gemdeploy.run.rundir import RunDir
@@ -49,7 +49,7 @@ class RunArtifacts:
 
     def _load_into(self, model: nn.Module, name: str) -> nn.Module:
         try:
-            model.load_state_dict(self.run.load_tensors(name))
+            load_weights(model, self.run.load_tensors(name))
         except RuntimeError as exc:
             raise GemdeployError(f"{self.run / name} does not fit {self.config.model}: "
                                  f"{str(exc).splitlines()[0]}") from None

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from gemdeploy.models import load_weights
 from gemdeploy.run import layout
 from gemdeploy.run.rundir import RunDir
 from gemdeploy.files import load_metadata
@@ -88,7 +89,7 @@ def load_checkpoint(run: RunDir, phase: Phase, device) -> tuple[int, float] | No
         return None
     meta = load_metadata(run / name)
     tensors = run.load_tensors(name, device=device)
-    phase.module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("state.")})
+    load_weights(phase.module, {k[6:]: v for k, v in tensors.items() if k.startswith("state.")})
     _restore_momentum(phase.optimizer, _param_names(phase.module),
                       {k[9:]: v for k, v in tensors.items() if k.startswith("momentum.")})
     return int(meta["epoch"]), float(meta["elapsed"])

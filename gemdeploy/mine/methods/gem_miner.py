@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from gemdeploy.errors import GemdeployError
 from gemdeploy.train import distributed as dist
 from gemdeploy.mine.context import RunContext
 from gemdeploy.run import layout
@@ -138,26 +139,37 @@ class ChannelScoredNetwork(_ScoresInUnitBox):
 
     def __init__(self, net: nn.Module, generator: torch.Generator, input_shape: tuple[int, ...]):
         super().__init__()
-        from gemdeploy.sparsity.channels import build_graph, channel_groups  # torch_pruning: --pattern channel only
+        from gemdeploy.sparsity.channels import ChannelAnalysisError, analyze  # torch_pruning: --pattern channel only
 
         self.net = net
-        groups = channel_groups(net, build_graph(net, input_shape))  # traced through autograd: before freezing
+        try:
+            _, groups = analyze(net, input_shape)  # traced through autograd: before freezing
+        except ChannelAnalysisError as exc:
+            raise GemdeployError(f"the channel pattern cannot handle this model: Torch-Pruning's channel analysis "
+                                 f"{exc}; --pattern unstructured or 2:4 work without it") from None
+        if not groups:
+            raise GemdeployError("the channel pattern found no channel group it can remove in this model (every "
+                                 "one feeds the output or passes through an op that mixes channels); --pattern "
+                                 "unstructured or 2:4 work on it")
         for p in net.parameters():
             p.requires_grad_(False)
         weights = prunable_weights(net)
         self.names = list(weights)
         device = next(net.parameters()).device
-        self.scores = nn.ParameterList([nn.Parameter(torch.rand(g.size, generator=generator).to(device)) for g in groups])
+        # One score per unit: a channel, or a column of channels across the equal blocks of a grouped conv.
+        self.scores = nn.ParameterList([nn.Parameter(torch.rand(g.units, generator=generator).to(device)) for g in groups])
         for i, g in enumerate(groups):
-            self.register_buffer(f"flag{i}", torch.ones(g.size, device=device))
+            self.register_buffer(f"flag{i}", torch.ones(g.units, device=device))
+        self.tiles = [g.tile for g in groups]
         # weight name -> (group index, member row of each root channel); a layer produces for one group at most
         self.rows = {k: (i, rows.to(device)) for i, g in enumerate(groups) for k, rows in g.producers}
 
     def flags(self) -> list[torch.Tensor]:
         return [getattr(self, f"flag{i}") for i in range(len(self.scores))]
 
-    def _row_masks(self, channel_masks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _row_masks(self, unit_masks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         weights = prunable_weights(self.net)
+        channel_masks = [m.repeat(t) for m, t in zip(unit_masks, self.tiles)]  # root channel c -> unit c mod units
         out = {}
         for k, (i, rows) in self.rows.items():
             w = weights[k]
