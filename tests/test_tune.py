@@ -29,7 +29,10 @@ def test_patterns_follow_what_the_backends_can_speed_up():
     assert patterns_for(["onnxruntime-cpu", "sparse-cpu"]) == ["channel", "unstructured"]
     assert patterns_for(["tensorrt"]) == ["channel", "2:4"]
     assert patterns_for(["onnxruntime-cpu"], ["unstructured"]) == ["unstructured"]
-    assert {c.pattern for c in coarse_grid(["channel", "unstructured"], 0.01)} == {"channel", "unstructured"}
+    grid = coarse_grid(["channel", "unstructured"], 0.01)
+    assert [(c.pattern, c.sparsity) for c in grid[:4]] == [("channel", 0.5), ("unstructured", 0.9),
+                                                           ("channel", 0.75), ("unstructured", 0.95)]
+    assert sorted(c.sparsity for c in grid if c.pattern == "unstructured") == [0.5, 0.8, 0.9, 0.95, 0.986]
 
 
 def test_refinement_bisects_the_frontier_and_stops_at_its_resolution():

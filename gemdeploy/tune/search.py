@@ -91,8 +91,23 @@ def drop_points(option: dict, dense_val: float) -> float:
     return 100.0 * (dense_val - option["val_acc"])
 
 
+def _middle_out(values: tuple[float, ...]) -> list[float]:
+    """The median first, then alternately the next sparser and the next denser: a budget cut short still brackets."""
+    order = sorted(values)
+    mid = len(order) // 2
+    out = [order[mid]]
+    for k in range(1, len(order)):
+        for j in (mid + k, mid - k):
+            if 0 <= j < len(order) and order[j] not in out:
+                out.append(order[j])
+    return out
+
+
 def coarse_grid(patterns: list[str], lr: float) -> list[Candidate]:
-    return [Candidate(p, s, lr) for p in patterns for s in GRIDS[p]]
+    """Every pattern's grid, middle-out, the patterns interleaved (so a short budget still tries each of them)."""
+    columns = [[Candidate(p, s, lr) for s in _middle_out(GRIDS[p])] for p in patterns]
+    return [c for row in range(max(map(len, columns), default=0)) for col in columns if row < len(col)
+            for c in [col[row]]]
 
 
 def _rounded(s: float) -> float:
