@@ -361,7 +361,7 @@ def epoch_runner(kind: str, mode: str, s: Settings, hw, split) -> Callable[[int]
     if kind == "gem-miner":
         net = hw.prepare(initialize(build_model("resnet20", shape, 10), "signed-constant"))
         scored = ScoredNetwork(net, torch.Generator().manual_seed(0)).train()
-        opt = sgd(scored.scores, 0.1, 0.9, 0.0)
+        opt = sgd(scored.score_parameters(), 0.1, 0.9, 0.0)
         lam = paper_lambda(0.0144)
         module = scored
         extra = dict(penalty=lambda: lam * scored.l2_penalty(), after_step=scored.project_)
