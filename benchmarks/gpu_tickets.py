@@ -357,7 +357,8 @@ def render(result: dict) -> str:
         "fine-tuning (lr 0.01; `gem-miner, ticket lr 0.1` is Gem-Miner's ticket trained at IMP's round lr, "
         f"`--finetune-lr 0.1`); {s['seeds']} seeds; batch 128. Test accuracy: mean ± standard deviation over the "
         "seeds that finished; time to ticket: mean wall time finding the mask, with the other processes sharing the "
-        "GPU; ticket epochs: training epochs spent finding it.", ""]
+        "GPU; ticket epochs: training epochs spent finding it. IMP and IMP-FT at the lower density continue the same "
+        "seed's levels from the higher density (`--imp-from` that run) when it finished in the same call.", ""]
     meta = result.get("calls") or []
     if not result["runs"]:
         lines += ["**Prepared, not yet run on a GPU**: no figure below is measured.", ""]
