@@ -8,14 +8,16 @@
     # the same code at toy size on the CPU, in under a minute (tests/test_gpu_benchmark.py runs it):
     .venv/bin/python -m benchmarks.gpu --smoke        # JSON in benchmarks/results/quick/ (git-ignored)
 
-Three parts (the issue's numbering; they run in the order 1, 3, 2 because part 2's IMP rounds stretch to fill
-whatever time is left):
+Three parts (issue 9's numbering; they run in the order 1, 3, 2 because part 2's IMP rounds stretch to fill
+whatever time is left; issue 25's paper-budget ticket table is benchmarks/gpu_tickets.py):
 
-1. mining: gemdeploy's Gem-Miner epoch (ScoredNetwork through gemdeploy.train.loop.train_epoch, the scores' L2
-   penalty and projection after every step) of ResNet-20 over 50,000 CIFAR-shaped uint8 images resident on the
-   GPU, bf16 autocast, channels_last, batch 128, eager and torch.compile'd (what `mine --compile` does), next to
-   a plain dense training epoch of the same model through the same loop and data (the ceiling). Optionally a
-   torch.profiler table of a few mining steps (top ops by CUDA time).
+1. mining (the pace of the loop, issue 25): gemdeploy's Gem-Miner epoch (ScoredNetwork through
+   gemdeploy.train.loop.train_epoch, the scores' L2 penalty and projection after every step) of ResNet-20 over
+   50,000 CIFAR-shaped uint8 images resident on the GPU, bf16 autocast, channels_last, batch 128: with per-layer
+   scores and torch's default SGD (the code before issue 25), eager (flat buffers, fused SGD), with the step in a
+   CUDA graph (`mine --cuda-graph`) and torch.compile'd (`mine --compile`), next to a plain dense training epoch
+   of the same model through the same loop and data (the ceiling); a ticket-training and an IMP-round epoch (the
+   masked loop) eager and graphed. Optionally a torch.profiler table of a few mining steps (top ops by CUDA time).
 2. tickets: `gemdeploy mine` runs (in this process, as benchmarks/tickets.py does) of resnet20 on mnist5k at
    1.44% density: Gem-Miner 150 mining + 150 fine-tuning epochs, random and SynFlow with the same fine-tuning,
    IMP on its reference recipe with as many epochs per round as the time left affords (computed from the
@@ -71,6 +73,9 @@ HOW_TO_RUN = [
     "run(command='bash benchmarks/gpu_run.sh \"$OUT\"', carry=['wheels'], timeout_s=600);",
     "back here: copy `gpu.json` to `benchmarks/results/gpu.json`, then "
     "`.venv/bin/python -m benchmarks.gpu --from-json benchmarks/results/gpu.json` writes this section.",
+    "the pace of the training loop alone (issue 25: part 1 with every mode, given the whole budget): "
+    "`bash benchmarks/gpu_run.sh \"$OUT\" --parts mining`; the paper-budget ticket table: "
+    "`bash benchmarks/gpu_tickets.sh \"$OUT\"` (its own section, below).",
 ]
 PARTS = ("mining", "inference", "tickets")  # execution order
 REPORT_ORDER = ("mining", "tickets", "inference")  # the issue's order
