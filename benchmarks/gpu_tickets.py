@@ -378,7 +378,10 @@ def render(result: dict) -> str:
             a = agg.get((v, d))
             expected = result.get("planned", {}).get(f"{v}|{d:g}", "")
             if a is None:
-                rows.append([v, "not measured", "", "", "", f"`{expected}`" if expected else ""])
+                need = [n for k, n in result.get("unfit", {}).items() if k.startswith(f"{v}|{d:g}|")]
+                why = (f"not measured: needs ~{max(need)} s in one call at the measured pace" if need
+                       else "not measured")
+                rows.append([v, why, "", "", "", f"`{expected}`" if expected else ""])
                 continue
             rows.append([v, f"{a['test_acc_mean']:.2%} ± {a['test_acc_std']:.2%} ({a['seeds']} of {s['seeds']})",
                          f"{a['time_to_ticket_s']:.{0 if a['time_to_ticket_s'] >= 10 else 1}f} s",
@@ -475,6 +478,9 @@ def main(
         save()
         return
     runner = Runner(s, jobs, runs, done, procs or None)
+    measured_before = [c for c in prior_calls if c.get("procs") and c.get("epoch_s")]
+    if not procs and measured_before:  # an earlier call measured the concurrency and the pace: no calibration
+        runner.procs, runner.epoch_s = measured_before[-1]["procs"], measured_before[-1]["epoch_s"]
     for job in jobs:  # finished run directories on this machine count too (an earlier call on the same machine)
         summary = finished_summary(job.out)
         if job.key not in done and summary is not None:
@@ -491,8 +497,12 @@ def main(
                                          if "rate" in c),
                 "finished": len(done) - before, "interrupted": len(runner.interrupted), "failed": len(runner.failed),
                 "failures": runner.failed, "elapsed_s": time.monotonic() - started, "machine": machine(),
-                "settings_key": _settings_key(s)}
+                "epoch_s": runner.epoch_s, "settings_key": _settings_key(s)}
         result["calls"] = prior_calls + [call]
+        # what no call of this length can finish at the measured pace: said in the table instead of a figure
+        result["unfit"] = {j.key: round(j.expected_epochs(s) * runner.epoch_s) for j in jobs
+                           if runner.epoch_s and j.key not in done
+                           and j.expected_epochs(s) * runner.epoch_s + 20 > s.budget_s}
         save()
 
     runner.loop(save_with_call)

@@ -64,7 +64,7 @@ def _smoke(tmp_path, *extra) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_smoke_keeps_its_time_box_and_a_second_call_reuses_what_finished(tmp_path):
-    first = _smoke(tmp_path, "--budget", "30")  # cut off: some runs finish, the rest are interrupted
+    first = _smoke(tmp_path, "--budget", "45")  # cut off: some runs finish, the rest are interrupted
     result = json.loads((tmp_path / "gt.json").read_text())
     finished = {f"{r['method']}|{r['density_target']:g}|{r['seed']}" for r in result["runs"]}
     call = result["calls"][-1]
