@@ -518,10 +518,9 @@ def _settings_key(s: Settings) -> str:
 
 
 def _atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from gemdeploy.run.rundir import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode())
 
 
 if __name__ == "__main__":
