@@ -227,7 +227,7 @@ class Runner:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         handle = open(logs / f"{job.out.name}.log", "a")
         proc = subprocess.Popen([sys.executable, "-m", "gemdeploy.cli", *args, "--quiet", "--json"],
-                                stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                stdout=handle, stderr=subprocess.STDOUT, env=env)
         handle.close()
         self.running[job.key] = (job, proc, time.monotonic())
         log(f"start {job.key}{' (resume)' if resume else ''}{' --imp-from ' + imp_from.name if imp_from else ''}; "
@@ -298,13 +298,13 @@ class Runner:
     def stop_all(self) -> None:
         for _, proc, _ in self.running.values():
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGINT)
+                proc.send_signal(signal.SIGINT)
         end = time.monotonic() + SIGINT_GRACE_S
         while self.running and time.monotonic() < end:
             self.reap()
             time.sleep(0.5)
         for key, (job, proc, _) in list(self.running.items()):
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
             proc.wait()
             self.interrupted[key] = _epochs_done(job)
             del self.running[key]
