@@ -192,6 +192,7 @@ class Runner:
     levels: list[int] | None = None
     epoch_s: float | None = None  # wall seconds per epoch of one job at the chosen concurrency
     progress: tuple[float, int] | None = None  # (time, epochs) once warm, with a fixed --procs
+    stopping: bool = False
 
     def left(self) -> float:
         return self.started + self.s.budget_s - time.monotonic()
@@ -243,7 +244,7 @@ class Runner:
             if code == 0 and summary is not None:
                 self.done[key] = record(self.s, job, summary, time.monotonic() - t0)
                 log(f"done  {key}: test {summary['test_acc']:.2%}, {time.monotonic() - t0:.0f} s")
-            elif code == 130:
+            elif code == 130 or self.stopping:  # our SIGINT (during start-up Python dies of it: not 130)
                 self.interrupted[key] = _epochs_done(job)
             else:
                 tail = (self.runs / "logs" / f"{job.out.name}.log").read_text()[-400:].strip().splitlines()
@@ -296,6 +297,7 @@ class Runner:
             self.epoch_s = max(1, len(self.running)) * (now - t0) / done
 
     def stop_all(self) -> None:
+        self.stopping = True
         for _, proc, _ in self.running.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
