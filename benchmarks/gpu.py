@@ -56,7 +56,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 import typer
 from torch import nn
 
@@ -378,8 +377,8 @@ def epoch_runner(kind: str, mode: str, s: Settings, hw, split) -> Callable[[int]
     from gemdeploy.mine.methods.gem_miner import ScoredNetwork
     from gemdeploy.mine.recipes import paper_lambda
     from gemdeploy.models import build_model
+    from gemdeploy.models.init import initialize
     from gemdeploy.sparsity.masks import Mask
-    from gemdeploy.train.init import initialize
     from gemdeploy.train.loop import make_step, sgd, train_epoch
     from gemdeploy.train.masked import MaskedModel
 
@@ -686,62 +685,9 @@ def part_tickets(s: Settings, res: Results, clock: Clock, work: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------- part 3: inference
-def holds_2of4(w2d: torch.Tensor) -> bool:
-    """Every group of 4 consecutive entries of each row holds at most 2 nonzeros (torch's semi-structured layout)."""
-    if w2d.dim() != 2 or w2d.shape[1] % 4:
-        return False
-    return bool(((w2d.reshape(w2d.shape[0], -1, 4) != 0).sum(-1) <= 2).all())
-
-
-def conv_weight_2d(weight: torch.Tensor) -> torch.Tensor:
-    """[K, C, R, S] -> [K, R*S*C]: input channels last, so gemdeploy's 2:4 groups (4 consecutive input channels at
-    one kernel position) are 4 consecutive entries of a row, as torch's semi-structured layout wants them."""
-    k = weight.shape[0]
-    return weight.detach().permute(0, 2, 3, 1).reshape(k, -1).contiguous()
-
-
-def patches_nhwc(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
-                 padding: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
-    """The conv's input patches as rows [B*Ho*Wo, R*S*C] in (r, s, c) order (im2col, channels last)."""
-    r, s = kernel
-    sh, sw = stride
-    x = x.permute(0, 2, 3, 1)
-    if padding[0] or padding[1]:
-        x = F.pad(x, (0, 0, padding[1], padding[1], padding[0], padding[0]))
-    b, hp, wp, c = x.shape
-    ho, wo = (hp - r) // sh + 1, (wp - s) // sw + 1
-    if r == s == 1:
-        cols = x[:, : sh * (ho - 1) + 1: sh, : sw * (wo - 1) + 1: sw, :]
-    else:
-        cols = torch.stack([x[:, i: i + sh * (ho - 1) + 1: sh, j: j + sw * (wo - 1) + 1: sw, :]
-                            for i in range(r) for j in range(s)], dim=3)
-    return cols.reshape(b * ho * wo, -1), ho, wo
-
-
-class GemmLinear(nn.Module):
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
-        super().__init__()
-        self.weight = nn.Parameter(weight, requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
-
-    def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
-
-
-class ConvAsGemm(nn.Module):
-    """A Conv2d (groups 1, dilation 1, zero padding) as one GEMM of its channels-last patches with a [K, R*S*C]
-    weight, which may be a semi-structured sparse tensor."""
-
-    def __init__(self, conv: nn.Conv2d, weight2d: torch.Tensor):
-        super().__init__()
-        self.weight = nn.Parameter(weight2d, requires_grad=False)
-        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach(), requires_grad=False)
-        self.kernel, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
-
-    def forward(self, x):
-        cols, ho, wo = patches_nhwc(x, self.kernel, self.stride, self.padding)
-        y = F.linear(cols, self.weight, self.bias)
-        return y.reshape(x.shape[0], ho, wo, -1).permute(0, 3, 1, 2)
+# The conv/linear -> GEMM lowering and the 2:4 layout check live in the library (the pytorch-cuda-2:4 bench backend).
+from gemdeploy.bench.semi_structured import ConvAsGemm, GemmLinear, patches_nhwc  # noqa: E402,F401
+from gemdeploy.sparsity.kernels24 import holds_24 as holds_2of4, weight_2d as conv_weight_2d  # noqa: E402
 
 
 def _conv_qualifies(m: nn.Conv2d) -> bool:
@@ -829,16 +775,9 @@ def _latency(fn: Callable[[], object], iters: int, warmup: int, cuda: bool) -> d
 
 def _cuda_graph(module: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     """``module(x)`` captured once into a CUDA graph (after warm-up on a side stream); the call replays it."""
-    static = x.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            module(static)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        module(static)
+    from gemdeploy.bench.backends.cuda_graph import capture
+
+    graph, _ = capture(module, x.clone())
     return graph.replay
 
 

@@ -520,7 +520,7 @@ def _settings_key(s: Settings) -> str:
 
 
 def _atomic(path: Path, text: str) -> None:
-    from gemdeploy.run.rundir import atomic_write_bytes
+    from gemdeploy.files import atomic_write_bytes
 
     atomic_write_bytes(path, text.encode())
 

@@ -65,7 +65,7 @@ class PerLayerScoredNetwork(nn.Module):
 def scored_network(kind: str, model: str, shape: tuple[int, int, int], hw, seed: int = 0) -> nn.Module:
     """A signed-constant ``model`` under Gem-Miner's scores, per layer (the code before) or flat (gemdeploy's)."""
     from gemdeploy.models import build_model
-    from gemdeploy.train.init import initialize
+    from gemdeploy.models.init import initialize
 
     torch.manual_seed(seed)
     net = hw.prepare(initialize(build_model(model, shape, 10), "signed-constant"))

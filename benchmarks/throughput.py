@@ -23,7 +23,7 @@ from benchmarks.report import machine, markdown_table, write_section
 from gemdeploy.data import load_data
 from gemdeploy.data.sets import synthetic_bundle
 from gemdeploy.train.masked import MaskedModel
-from gemdeploy.train.init import initialize
+from gemdeploy.models.init import initialize
 from gemdeploy.sparsity.masks import Mask
 from gemdeploy.mine.methods.gem_miner import ScoredNetwork
 from gemdeploy.models import build_model

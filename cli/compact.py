@@ -11,6 +11,7 @@ from rich.table import Table
 
 from gemdeploy.cli.errors import friendly_errors
 from gemdeploy.run.config import MineConfig
+from gemdeploy.sparsity import PATTERNS
 
 DEFAULTS = MineConfig()
 
@@ -50,12 +51,12 @@ def compact(
             record, target = old, run
         else:
             record, target = compact_run(artifacts, round_to), run
-    elif pattern == "2:4":
+    elif pattern in PATTERNS and PATTERNS.get(pattern).groups(nm) is not None:  # an N:M pattern: a projection
         if out is None:
             raise GemdeployError("--pattern 2:4 writes a new run: pass --out DIR (RUN itself is never modified)")
         if Path(out).resolve() == Path(run).resolve():
             raise GemdeployError("--out must differ from RUN: the source run is never modified")
-        from gemdeploy.compact.nm_project import project_run
+        from gemdeploy.mine.nm_project import project_run
 
         summary = project_run(run, out, nm=nm, finetune_epochs=finetune_epochs, round_to=round_to,
                               overwrite=overwrite, device=device, quiet=quiet)
@@ -68,7 +69,9 @@ def compact(
         print_record(record, target, json_out, projected)
         return
     else:
-        raise GemdeployError(f"unknown --pattern {pattern!r} for compact; choose 2:4 (or leave it out)")
+        projectable = [p for p in PATTERNS.names() if PATTERNS.get(p).groups(nm) is not None]
+        raise GemdeployError(f"unknown --pattern {pattern!r} for compact; choose {', '.join(projectable)} (or leave "
+                             "it out)")
     print_record(record, target, json_out)
 
 

@@ -31,7 +31,7 @@ from typing import Any, Iterable
 from gemdeploy import user_code
 from gemdeploy.errors import GemdeployError
 
-__all__ = ["Run", "mine", "open_run"]
+__all__ = ["Run", "mine", "open_run", "tune"]
 
 
 def _model_source(model: Any) -> tuple[str, Any]:
@@ -111,7 +111,8 @@ def mine(model: Any, data: Any, out: str | Path, *, init_from: Any = None, resum
     from gemdeploy.progress import Reporter
     from gemdeploy.run import layout
     from gemdeploy.run.config import MineConfig
-    from gemdeploy.run.rundir import RunDir, read_json
+    from gemdeploy.run.rundir import RunDir
+    from gemdeploy.files import read_json
 
     _mine_options(options)
     model_text, model_obj = _model_source(model)
@@ -132,6 +133,20 @@ def mine(model: Any, data: Any, out: str | Path, *, init_from: Any = None, resum
             run, _ = mine_run(out, cfg, overwrite=overwrite, reporter=Reporter(enabled=not quiet))
     return Run(run.path, model=model if model_obj is not None else None,
                data=data_obj if data_obj is not None else None)
+
+
+def tune(out: str | Path, *, resume: bool = False, **options: Any) -> dict:
+    """`gemdeploy tune`: the fastest ticket within ``max_drop`` points of dense (or the most accurate one meeting
+    ``target_speedup`` / ``target_latency_ms``) on each of ``backend``; options by field name
+    (gemdeploy.tune.config.TuneOptions), e.g. ``tune("runs/t", model="lenet300", data="mnist5k",
+    backend=["onnxruntime-cpu", "sparse-cpu"], max_drop=1.0, batch_size=64, budget="30m")``. Returns tune.json;
+    ``["result"]["pick"]["path"]`` is the chosen run directory."""
+    from gemdeploy.tune.config import TuneOptions
+    from gemdeploy.tune.runner import tune as run_tune
+
+    if isinstance(options.get("backend"), str):
+        options["backend"] = [options["backend"]]
+    return run_tune(_options(TuneOptions, "tune", **options), out, resume=resume)
 
 
 def open_run(path: str | Path, model: Any = None, data: Any = None) -> "Run":
@@ -172,17 +187,14 @@ class Run:
         return self._artifacts().summary()
 
     def model(self, compacted: bool = True):
-        """The ticket as a PyTorch module in eval mode: the compacted one when the run has it (else the fine-tuned
-        masked model)."""
-        from gemdeploy.run import layout
+        """The ticket as a PyTorch module in eval mode: the model the run deploys (the compacted one when the run
+        has it and compaction kept its 2:4 layout, as export and bench decide); ``compacted=False``: the
+        fine-tuned masked model."""
+        from gemdeploy.compact.deploy import deployed_model
 
         with user_code.live(self._live):
             art = self._artifacts()
-            if compacted and art.run.has(layout.COMPACT_RECORD):
-                from gemdeploy.compact.compaction import load_compacted_model
-
-                return load_compacted_model(art)
-            return art.finetuned_model()
+            return deployed_model(art).model if compacted else art.finetuned_model()
 
     def compact(self, round_to: int | None = None, overwrite: bool = False) -> dict:
         """`gemdeploy compact RUN`: dead and unread channels removed exactly; returns compact.json's record."""

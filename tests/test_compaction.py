@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gemdeploy.run.artifacts import RunArtifacts
-from gemdeploy.compact.channels import build_graph, channel_groups
+from gemdeploy.sparsity.channels import build_graph, channel_groups
 from gemdeploy.compact.compaction import compact_model, compact_run, load_compacted_model
 from gemdeploy.data import load_data
 from gemdeploy.errors import GemdeployError

@@ -35,7 +35,7 @@ def _steps(graphed: bool, batches: list[tuple[torch.Tensor, torch.Tensor]]):
     """Gem-Miner's mining step on lenet300 over ``batches``: eager or captured; returns the scores and the step."""
     from gemdeploy.mine.methods.gem_miner import ScoredNetwork
     from gemdeploy.models import build_model
-    from gemdeploy.train.init import initialize
+    from gemdeploy.models.init import initialize
     from gemdeploy.train.loop import Hardware, make_step, set_lr, sgd
 
     hw = Hardware.resolve("cuda", layout="plain", cuda_graph=graphed)

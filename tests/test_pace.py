@@ -21,7 +21,7 @@ from benchmarks.pace import PerLayerScoredNetwork  # noqa: E402
 def _mine_steps(kind: str, layout: str, batches) -> torch.nn.Module:
     from gemdeploy.mine.methods.gem_miner import ScoredNetwork
     from gemdeploy.models import build_model
-    from gemdeploy.train.init import initialize
+    from gemdeploy.models.init import initialize
     from gemdeploy.train.loop import Hardware, make_step, sgd
 
     hw = Hardware.resolve("cpu", layout=layout)

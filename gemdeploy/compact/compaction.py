@@ -1,4 +1,4 @@
-"""Physical compaction of a fine-tuned ticket: dead and unread channels removed (gemdeploy.compact.channels), the
+"""Physical compaction of a fine-tuned ticket: dead and unread channels removed (gemdeploy.sparsity.channels), the
 remaining sparse weights stored so the file tracks the nonzeros (gemdeploy.compact.sparse_store).
 
 The run directory gets
@@ -19,8 +19,9 @@ from torch import nn
 
 from gemdeploy.run import layout
 from gemdeploy.run.artifacts import RunArtifacts
-from gemdeploy.compact.channels import compact_channels, replay_steps
+from gemdeploy.sparsity.channels import compact_channels, replay_steps
 from gemdeploy.errors import GemdeployError
+from gemdeploy.sparsity import PATTERNS
 from gemdeploy.sparsity.masks import PRUNABLE_TYPES
 from gemdeploy.sparsity.nm import nm_eligible_layers, parse_nm, satisfies_nm
 from gemdeploy.compact.sparse_store import load_sparse, save_sparse
@@ -111,8 +112,8 @@ def compact_run(artifacts: RunArtifacts, round_to: int) -> dict:
     mask.check_matches(model)
     mask.apply_(model)  # the ticket's pruned weights are zero by construction; make sure of it
     n, m = parse_nm(artifacts.config.nm)
-    # A 2:4 ticket's pattern must survive: channel removal may not shift its groups of M.
-    keep_nm = (n, m) if artifacts.config.pattern == "2:4" else None
+    # An N:M ticket's groups must survive: channel removal may not shift them.
+    keep_nm = PATTERNS.get(artifacts.config.pattern).compaction_constraint(artifacts.config.nm)
     compacted, steps = compact_model(model, shape, round_to, keep_nm)
     diff, scale = _max_logit_diff(model, compacted, shape)
     tolerance = EXACT_REL_TOL * max(scale, 1e-6)

@@ -24,7 +24,7 @@ from gemdeploy.run.config import MineConfig
 from gemdeploy.run.rundir import RunDir
 from gemdeploy.sparsity.masks import Mask
 from gemdeploy.train import distributed as dist
-from gemdeploy.train.init import given_weights, initialize
+from gemdeploy.models.init import given_weights, initialize
 from gemdeploy.train.loop import Hardware, evaluate
 from gemdeploy.train.masked import train_masked
 from gemdeploy.train.phase import clear_checkpoint
@@ -136,6 +136,9 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
                                   # a user's model keeps its BatchNorm as it defines it
                                   "affine_bn": None if is_spec(cfg.model) else False})
     ctx = RunContext(cfg, data, hw, run, reporter, initial_state(cfg, run, data), resume=resume)
+    kernels24 = sparse24_benefit(ctx) if cfg.pattern == "2:4" else None
+    if kernels24:
+        reporter.log(kernels24["line"])
     method = METHODS.get(cfg.method)()
     try:
         mask, ticket_info = find_ticket(ctx, method)
@@ -163,10 +166,24 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
         "ticket": {k: v for k, v in ticket_info.items() if k != "time_to_ticket_s"},
         "compaction": compaction,
     }
+    if kernels24:
+        summary["sparse24_kernels"] = {k: v for k, v in kernels24.items() if k != "layers"}
     summary["warnings"] = ticket_warnings(summary, mask, data.num_classes, ticket_info.get("mined_val_acc")) \
         if data.real else []
     run.write_json(layout.SUMMARY, summary)
     return summary
+
+
+def sparse24_benefit(ctx: RunContext) -> dict:
+    """Which layers of a --pattern 2:4 ticket 2:4 sparse GPU kernels could ever speed up: the layers the pattern
+    covers, whose GEMM shapes the kernels take (said up front, before mining)."""
+    from gemdeploy.sparsity.kernels24 import model_benefit
+    from gemdeploy.sparsity.nm import nm_eligible_layers, parse_nm
+
+    model = ctx.fresh_model()
+    covered = nm_eligible_layers(model, parse_nm(ctx.config.nm)[1])
+    holds = {name: f"{name}.weight" in covered for name, _ in model.named_modules()}
+    return model_benefit(model, ctx.data.input_shape, holds, not_holding="outside the 2:4 pattern (first or grouped conv)")
 
 
 def _compact(cfg: MineConfig, run: RunDir) -> dict:

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gemdeploy.files import load_tensors, save_tensors
+
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 
 
@@ -62,14 +64,10 @@ class Mask(dict):
                 raise ValueError(f"mask {k} has shape {tuple(self[k].shape)}, the weight {tuple(w.shape)}")
 
     def save(self, path: str | Path) -> None:
-        from gemdeploy.run.rundir import save_tensors
-
         save_tensors(path, {k: v.to(torch.uint8) for k, v in self.items()})
 
     @classmethod
     def load(cls, path: str | Path) -> "Mask":
-        from gemdeploy.run.rundir import load_tensors
-
         return cls({k: v.float() for k, v in load_tensors(path).items()})
 
 

@@ -152,7 +152,7 @@ def make_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.
               after_step: Callable[[], None] | None = None) -> TrainStep:
     """The training step ``hw`` asks for: eager, or captured in a CUDA graph (``hw.cuda_graph``)."""
     if hw.cuda_graph:
-        from gemdeploy.train.graph import GraphedStep
+        from gemdeploy.train.graph import GraphedStep  # here, not at the top: graph.py builds on TrainStep
 
         return GraphedStep(forward, optimizer, hw, penalty, after_step)
     return TrainStep(forward, optimizer, hw, penalty, after_step)

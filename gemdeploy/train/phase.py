@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from gemdeploy.run import layout
-from gemdeploy.run.rundir import RunDir, load_metadata
+from gemdeploy.run.rundir import RunDir
+from gemdeploy.files import load_metadata
 from gemdeploy.train import distributed as dist
 from gemdeploy.train.loop import EpochStats, current_lr, evaluate, make_step, set_lr, train_epoch
 

@@ -32,12 +32,15 @@ from gemdeploy.train.flat import FlatLayout
 from gemdeploy.mine.context import RunContext
 from gemdeploy.run import layout
 from gemdeploy.train.masked import wrap_ddp
+from gemdeploy.train.masked import train_masked
 from gemdeploy.train.phase import Phase, clear_checkpoint, run_phase
 from gemdeploy.train.seeds import generator, seed_for
 from gemdeploy.sparsity.masks import Mask, keep_count, prunable_weights
 from gemdeploy.sparsity.topk import global_topk
 from gemdeploy.mine.methods.base import Method, Ticket
-from gemdeploy.sparsity.nm import nm_eligible_layers, nm_mask_from_scores, parse_nm
+from gemdeploy.mine.recipes import finetune_recipe, paper_lambda
+from gemdeploy.sparsity import PATTERNS
+from gemdeploy.sparsity.nm import nm_eligible_layers, nm_mask_from_scores
 from gemdeploy.train.loop import cosine_lr, maybe_compile, sgd
 
 THRESHOLD = 0.5
@@ -194,7 +197,7 @@ class ChannelScoredNetwork(_ScoresInUnitBox):
 
     def __init__(self, net: nn.Module, generator: torch.Generator, input_shape: tuple[int, ...]):
         super().__init__()
-        from gemdeploy.compact.channels import build_graph, channel_groups
+        from gemdeploy.sparsity.channels import build_graph, channel_groups  # torch_pruning: --pattern channel only
 
         self.net = net
         groups = channel_groups(net, build_graph(net, input_shape))  # traced through autograd: before freezing
@@ -279,7 +282,12 @@ class GemMiner(Method):
     has_scores = True
     mines = True  # sanity's invert check re-mines with the freezing order reversed
     default_init = "signed-constant"
-    patterns = ("unstructured", "2:4", "channel")
+    patterns = tuple(PATTERNS.names())
+
+    @classmethod
+    def option_defaults(cls, cfg, train_size):
+        return {"lam": paper_lambda(cfg.density) if cfg.lam is None else cfg.lam,
+                "freeze_period": cfg.freeze_period or max(1, round(5 * cfg.epochs / 150))}
 
     def find_ticket(self, ctx: RunContext) -> Ticket:
         if ctx.config.lam == "auto":
@@ -287,7 +295,8 @@ class GemMiner(Method):
         cfg = ctx.config
         gen = generator(cfg.seed, "scores")
         shape = tuple(ctx.data.input_shape)
-        if cfg.pattern == "channel":
+        pattern = PATTERNS.get(cfg.pattern)
+        if pattern.per_channel:
             scored = ChannelScoredNetwork(ctx.fresh_model(), gen, shape)
             mask, info = self._mine(ctx, scored, "mine", cfg.density)
             # Scores are per channel; what sanity checks need per weight is the mask itself.
@@ -295,7 +304,7 @@ class GemMiner(Method):
             return Ticket(mask.cpu(), None, info)
 
         channel_info = None
-        scored = ScoredNetwork(ctx.fresh_model(), gen, parse_nm(cfg.nm) if cfg.pattern == "2:4" else None)
+        scored = ScoredNetwork(ctx.fresh_model(), gen, pattern.groups(cfg.nm))
         if cfg.channel_sparsity is not None:
             # Stage 1: a channel ticket; stage 2 mines the weight pattern inside the kept channels.
             channels = self._channel_stage(ctx, shape)
@@ -304,7 +313,7 @@ class GemMiner(Method):
                     f.copy_(channels[k].to(f.device))
             channel_info = ctx.run.read_json(layout.CHANNEL_TICKET)
         mask, info = self._mine(ctx, scored, "mine", cfg.density)
-        if cfg.pattern == "2:4":
+        if scored.nm:
             info["nm"], info["nm_layers"] = cfg.nm, sorted(scored.nm_layers)
         if channel_info is not None:
             info["channel_sparsity"] = channel_info["channel_sparsity"]
@@ -317,9 +326,6 @@ class GemMiner(Method):
         """`--lam auto`: short runs on the validation split (a quarter of the mining and of the ticket training, each
         freezing down to the target) for every lambda of LAM_GRID, as the authors picked lambda by hand with a grid;
         the best validation accuracy wins (ties: the paper's value). The search counts towards time to ticket."""
-        from gemdeploy.mine.recipes import finetune_recipe, paper_lambda
-        from gemdeploy.train.masked import train_masked
-
         cfg = ctx.config
         e_mine, e_train = max(2, cfg.epochs // 4), max(1, cfg.finetune_epochs // 4)
         paper = paper_lambda(cfg.density)

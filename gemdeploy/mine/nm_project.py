@@ -11,10 +11,20 @@ from pathlib import Path
 
 import torch
 
+from gemdeploy.errors import GemdeployError
+from gemdeploy.mine.context import RunContext
+from gemdeploy.mine.pipeline import prepare, run_mine
+from gemdeploy.mine.recipes import finetune_recipe
+from gemdeploy.progress import Reporter
+from gemdeploy.run import layout
 from gemdeploy.run.artifacts import RunArtifacts
 from gemdeploy.run.rundir import RunDir
 from gemdeploy.sparsity.masks import Mask, prunable_weights
-from gemdeploy.sparsity.nm import nm_eligible_layers, nm_mask_from_scores, parse_nm
+from gemdeploy.sparsity.nm import nm_eligible_layers, parse_nm
+from gemdeploy.sparsity.patterns import NM
+from gemdeploy.train.masked import train_masked
+from gemdeploy.train.phase import clear_checkpoint
+from gemdeploy.train.seeds import seed_for
 
 
 def project_mask(model: torch.nn.Module, mask: Mask, n: int, m: int) -> Mask:
@@ -23,23 +33,13 @@ def project_mask(model: torch.nn.Module, mask: Mask, n: int, m: int) -> Mask:
     weights = prunable_weights(model)
     out = Mask({k: v.clone() for k, v in mask.items()})
     for k in eligible:
-        out[k] = mask[k] * nm_mask_from_scores(weights[k].detach().abs().cpu(), n, m, active=mask[k])
+        out[k] = mask[k] * NM.project(weights[k].detach().abs().cpu(), f"{n}:{m}", active=mask[k])
     return out
 
 
 def project_run(source: str | Path, out: str | Path, *, nm: str, finetune_epochs: int, round_to: int,
                 overwrite: bool = False, device: str | None = None, quiet: bool = True) -> dict:
     """Write a new run in ``out`` holding ``source`` projected to N:M, fine-tuned and compacted; returns its summary."""
-    from gemdeploy.errors import GemdeployError
-    from gemdeploy.mine.context import RunContext
-    from gemdeploy.mine.pipeline import prepare, run_mine
-    from gemdeploy.mine.recipes import finetune_recipe
-    from gemdeploy.progress import Reporter
-    from gemdeploy.run import layout
-    from gemdeploy.train.masked import train_masked
-    from gemdeploy.train.phase import clear_checkpoint
-    from gemdeploy.train.seeds import seed_for
-
     started = time.perf_counter()
     src = RunArtifacts.open(source)
     RunDir.check_new(out, overwrite=overwrite)  # before any slow work
@@ -49,7 +49,7 @@ def project_run(source: str | Path, out: str | Path, *, nm: str, finetune_epochs
     model = src.finetuned_model()
     mask = project_mask(model, src.mask(), n, m)
     source_summary = src.summary() if src.is_finished() else {}
-    cfg = dataclasses.replace(src.config, pattern="2:4", nm=f"{n}:{m}", finetune_epochs=finetune_epochs,
+    cfg = dataclasses.replace(src.config, pattern=NM.name, nm=f"{n}:{m}", finetune_epochs=finetune_epochs,
                               round_to=round_to, device=device or src.config.device,
                               projected_from=str(Path(source).resolve())).resolve(src.config.world_size)
     hw, data = prepare(cfg, init_needed=False)  # the source run's initial weights are copied
