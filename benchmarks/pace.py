@@ -137,11 +137,17 @@ def main(model: str = typer.Option("resnet20", help="Architecture."),
          threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)."),
          smoke: bool = typer.Option(False, "--smoke", help="Toy sizes; writes nothing into BENCHMARKS.md."),
          out: Path | None = typer.Option(None, help="Also write the result as JSON here."),
+         from_json: Path | None = typer.Option(None, "--from-json", help="Measure nothing: render this JSON (an "
+                                               "earlier --out) into BENCHMARKS.md."),
          write: bool = typer.Option(True, help="Write the section into BENCHMARKS.md (never with --smoke).")) -> None:
     command = "nice .venv/bin/python -m benchmarks.pace" + (f" --rounds {rounds}" if rounds != 5 else "")
+    if from_json is not None:
+        result = json.loads(from_json.read_text())
+        write_section(SECTION, render(result, result.get("command", command)))
+        return
     if smoke:
         images, image, batch, rounds = 64, 8, 32, 2
-    result = measure(model, images, image, batch, rounds, threads)
+    result = {**measure(model, images, image, batch, rounds, threads), "command": command}
     print(json.dumps(result, indent=1))
     if out is not None:
         out.write_text(json.dumps(result, indent=1))
