@@ -153,7 +153,10 @@ def main(model: str = typer.Option("resnet20", help="Architecture."),
          from_json: Path | None = typer.Option(None, "--from-json", help="Measure nothing: render this JSON (an "
                                                "earlier --out) into BENCHMARKS.md."),
          write: bool = typer.Option(True, help="Write the section into BENCHMARKS.md (never with --smoke).")) -> None:
-    command = "nice .venv/bin/python -m benchmarks.pace" + (f" --rounds {rounds}" if rounds != 5 else "")
+    command = "nice .venv/bin/python -m benchmarks.pace" + "".join(
+        f" --{name} {value}" for name, value, default in (("model", model, "resnet20"), ("images", images, 2048),
+                                                          ("rounds", rounds, 5), ("threads", threads, 0))
+        if value != default)
     if from_json is not None:
         result = json.loads(from_json.read_text())
         write_section(SECTION, render(result, result.get("command", command)))
