@@ -227,8 +227,11 @@ class Runner:
         logs.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         handle = open(logs / f"{job.out.name}.log", "a")
+        # SIGINT back to its default in the child: started from a background job, this process may ignore it, and a
+        # child that inherits that would never hear the time box
         proc = subprocess.Popen([sys.executable, "-m", "gemdeploy.cli", *args, "--quiet", "--json"],
-                                stdout=handle, stderr=subprocess.STDOUT, env=env)
+                                stdout=handle, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         handle.close()
         self.running[job.key] = (job, proc, time.monotonic())
         log(f"start {job.key}{' (resume)' if resume else ''}{' --imp-from ' + imp_from.name if imp_from else ''}; "
