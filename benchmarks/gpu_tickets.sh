@@ -14,16 +14,8 @@ set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_tickets.sh OUT [benchmarks/gpu_tickets.py options]}
 shift
 mkdir -p "$out"
-site=${GPU_TICKETS_SITE:-/tmp/gemdeploy-gpu-tickets-site}
 python=${PYTHON:-python3}
-ls wheels/*.whl >/dev/null 2>&1 || { echo "no wheels/*.whl here: run bash benchmarks/gpu_wheels.sh first and carry wheels" >&2; exit 2; }
-rm -rf "$site" build
-"$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" wheels/*.whl \
-    || { echo "installing wheels/ failed" >&2; exit 2; }
-"$python" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade --target "$site" . \
-    || { echo "installing this checkout failed" >&2; exit 2; }
-# The installed package first (it holds gemdeploy.cli); the checkout after it, for benchmarks/.
-export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PATH="$site/bin:$PATH" PYTHONUNBUFFERED=1
+source benchmarks/gpu_install.sh && install_checkout "${GPU_TICKETS_SITE:-/tmp/gemdeploy-gpu-tickets-site}" || exit 2
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$out/gpu-tickets.log"
 state=benchmarks/results/gpu-tickets.json
 "$python" -m benchmarks.gpu_tickets --out "$out/gpu-tickets.json" --markdown "$out/BENCHMARKS-gpu-tickets.md" \

@@ -22,7 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 from benchmarks.report import ROOT, machine, markdown_table, write_section
-from gemdeploy.mine.methods.gem_miner import ScoredNetwork, straight_through_mask
+from gemdeploy.mine.methods.gem_miner import PerLayerScores, ScoredNetwork, straight_through_mask
 from gemdeploy.sparsity.masks import prunable_weights
 
 SECTION = "pace-cpu"
@@ -30,7 +30,7 @@ KINDS = ("per-layer", "flat")
 LAM = 1e-4
 
 
-class PerLayerScoredNetwork(nn.Module):
+class PerLayerScoredNetwork(PerLayerScores):
     """Gem-Miner's scored network as gemdeploy had it before the flat buffers: one score Parameter and one flag per
     layer, so the forward mask, the L2 penalty and the projection take a few operations per layer. The reference
     the flat code must match bit for bit (same draws, same operations per element)."""
@@ -45,17 +45,6 @@ class PerLayerScoredNetwork(nn.Module):
         self.scores = nn.ParameterList(
             [nn.Parameter(torch.rand(weights[k].shape, generator=generator).to(weights[k].device)) for k in self.names])
         self.flags = [torch.ones_like(weights[k]) for k in self.names]
-
-    def score_parameters(self) -> list[nn.Parameter]:
-        return list(self.scores)
-
-    def l2_penalty(self) -> torch.Tensor:
-        return sum((s * s).sum() for s in self.scores)
-
-    @torch.no_grad()
-    def project_(self) -> None:
-        for s in self.scores:
-            s.clamp_(0.0, 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = prunable_weights(self.net)

@@ -55,8 +55,9 @@ def straight_through_mask(scores: torch.Tensor, allowed: torch.Tensor | None = N
     return hard + scores - scores.detach()
 
 
-class _ScoresInUnitBox(nn.Module):
-    """What both scored networks share: the L2 penalty on ``self.scores`` and the projection onto [0, 1]."""
+class PerLayerScores(nn.Module):
+    """Scores held as one tensor per layer (or channel group): the L2 penalty on ``self.scores`` and the projection
+    onto [0, 1], a few operations per layer. ChannelScoredNetwork (few groups) keeps it; ScoredNetwork is flat."""
 
     scores: nn.ParameterList
 
@@ -191,7 +192,7 @@ class ScoredNetwork(nn.Module):
             f.copy_(new[k])
 
 
-class ChannelScoredNetwork(_ScoresInUnitBox):
+class ChannelScoredNetwork(PerLayerScores):
     """Gem-Miner over channels: one score per channel of each coupled channel group; a channel's score masks
     the matching output row of every producer (conv/linear) in its group. Same interface as ScoredNetwork."""
 
