@@ -12,14 +12,6 @@ set -uo pipefail
 out=${1:?usage: bash benchmarks/cuda_tier.sh OUT [benchmarks/cuda_tier.py options]}
 shift
 mkdir -p "$out"
-site=${CUDA_TIER_SITE:-/tmp/gemdeploy-cuda-tier}
 python=${PYTHON:-python3}
-ls wheels/*.whl >/dev/null 2>&1 || { echo "no wheels/*.whl here: run bash benchmarks/gpu_wheels.sh first and carry wheels" >&2; exit 2; }
-rm -rf "$site" build
-"$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" wheels/*.whl \
-    || { echo "installing wheels/ failed" >&2; exit 2; }
-"$python" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade --target "$site" . \
-    || { echo "installing this checkout failed" >&2; exit 2; }
-# The installed package first (it holds gemdeploy.cli); the checkout after it, for benchmarks/ and tests/.
-export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PATH="$site/bin:$PATH" PYTHONUNBUFFERED=1
+source benchmarks/gpu_install.sh && install_checkout "${CUDA_TIER_SITE:-/tmp/gemdeploy-cuda-tier}" || exit 2
 "$python" -m benchmarks.cuda_tier --record "$out/cuda-tier.md" "$@"

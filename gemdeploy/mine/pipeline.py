@@ -37,7 +37,7 @@ def prepare(cfg: MineConfig, *, init_needed: bool = True) -> tuple[Hardware, Dat
     """Load the data onto the device: everything that can fail on bad input, before the run directory is touched
     (a user's model is built and tried on the data's shape, and --init-from weights are checked against it unless
     the run already holds its initial weights: ``init_needed=False``)."""
-    hw = Hardware.resolve(cfg.device, cfg.compile)
+    hw = Hardware.resolve(cfg.device, cfg.compile, cuda_graph=cfg.cuda_graph)
     data = data_for(cfg, download=cfg.download)
     check_init = init_needed and cfg.init_from is not None
     if is_spec(cfg.model) or check_init:

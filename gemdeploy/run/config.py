@@ -126,6 +126,9 @@ class MineConfig:
     seed: int = option(0, "Random seed (runs are deterministic on CPU).")
     device: str = option("auto", "auto, cpu, cuda or cuda:N.", check=_device_check)
     compile: bool = option(False, "torch.compile the training step.")
+    cuda_graph: bool = option(False, "CUDA: capture the whole training step (forward, backward, SGD, projection) in "
+                              "one CUDA graph per phase and replay it every batch: far fewer kernel launches, the "
+                              "bound of small networks on a GPU. Not with --compile or several processes.")
     data_dir: str | None = option(None, "Where cifar10 / cifar100 / imagefolder data lives (also passed to your "
                                   "data factory when it takes data_dir).")
     image_size: int | None = option(None, "imagefolder: the side images are resized and cropped to (default 224).",
