@@ -82,7 +82,7 @@ def compare_schemes(run: Path, emulation: bool, iters: int = 30) -> list[list]:
 
     from gemdeploy.calibration.int8 import _reader
     from gemdeploy.exporters import onnx_export as ox
-    from gemdeploy.exporters.onnx_export import quiet
+    from gemdeploy.progress import quiet
     from gemdeploy.run.artifacts import RunArtifacts
 
     data = RunArtifacts.open(run).data("cpu")

@@ -8,14 +8,16 @@
     # the same code at toy size on the CPU, in under a minute (tests/test_gpu_benchmark.py runs it):
     .venv/bin/python -m benchmarks.gpu --smoke        # JSON in benchmarks/results/quick/ (git-ignored)
 
-Three parts (the issue's numbering; they run in the order 1, 3, 2 because part 2's IMP rounds stretch to fill
-whatever time is left):
+Three parts (issue 9's numbering; they run in the order 1, 3, 2 because part 2's IMP rounds stretch to fill
+whatever time is left; issue 25's paper-budget ticket table is benchmarks/gpu_tickets.py):
 
-1. mining: gemdeploy's Gem-Miner epoch (ScoredNetwork through gemdeploy.train.loop.train_epoch, the scores' L2
-   penalty and projection after every step) of ResNet-20 over 50,000 CIFAR-shaped uint8 images resident on the
-   GPU, bf16 autocast, channels_last, batch 128, eager and torch.compile'd (what `mine --compile` does), next to
-   a plain dense training epoch of the same model through the same loop and data (the ceiling). Optionally a
-   torch.profiler table of a few mining steps (top ops by CUDA time).
+1. mining (the pace of the loop, issue 25): gemdeploy's Gem-Miner epoch (ScoredNetwork through
+   gemdeploy.train.loop.train_epoch, the scores' L2 penalty and projection after every step) of ResNet-20 over
+   50,000 CIFAR-shaped uint8 images resident on the GPU, bf16 autocast, channels_last, batch 128: with per-layer
+   scores and torch's default SGD (the code before issue 25), eager (flat buffers, fused SGD), with the step in a
+   CUDA graph (`mine --cuda-graph`) and torch.compile'd (`mine --compile`), next to a plain dense training epoch
+   of the same model through the same loop and data (the ceiling); a ticket-training and an IMP-round epoch (the
+   masked loop) eager and graphed. Optionally a torch.profiler table of a few mining steps (top ops by CUDA time).
 2. tickets: `gemdeploy mine` runs (in this process, as benchmarks/tickets.py does) of resnet20 on mnist5k at
    1.44% density: Gem-Miner 150 mining + 150 fine-tuning epochs, random and SynFlow with the same fine-tuning,
    IMP on its reference recipe with as many epochs per round as the time left affords (computed from the
@@ -54,7 +56,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 import typer
 from torch import nn
 
@@ -71,10 +72,13 @@ HOW_TO_RUN = [
     "run(command='bash benchmarks/gpu_run.sh \"$OUT\"', carry=['wheels'], timeout_s=600);",
     "back here: copy `gpu.json` to `benchmarks/results/gpu.json`, then "
     "`.venv/bin/python -m benchmarks.gpu --from-json benchmarks/results/gpu.json` writes this section.",
+    "the pace of the training loop alone (issue 25: part 1 with every mode, given the whole budget): "
+    "`bash benchmarks/gpu_run.sh \"$OUT\" --parts mining`; the paper-budget ticket table: "
+    "`bash benchmarks/gpu_tickets.sh \"$OUT\"` (its own section, below).",
 ]
 PARTS = ("mining", "inference", "tickets")  # execution order
 REPORT_ORDER = ("mining", "tickets", "inference")  # the issue's order
-SHARES = {"mining": 0.29, "inference": 0.22, "tickets": 0.49}
+SHARES = {"mining": 0.45, "inference": 0.20, "tickets": 0.35}  # the paper-budget tickets: benchmarks/gpu_tickets.py
 WATCHDOG_GRACE_S = 90.0
 PENDING = "not reached"
 
@@ -119,8 +123,9 @@ class Settings:
 # backend (Dynamo traces, no C++/Triton code generation) so the compiled path is exercised without minutes of
 # compiling; CUDA graphs and semi-structured weights need CUDA and say so.
 # The budget is generous on purpose: the smoke run must measure every part even on a loaded machine; the work
-# itself takes well under a minute on an idle 2-core one.
-SMOKE = dict(smoke=True, device="cpu", budget_s=300.0, mining_images=64, mining_image=8, mining_batch=32,
+# itself takes well under a minute on an idle 2-core one (480 s: the pace rows of part 1 added work, and a machine
+# shared by four test suites ran out of 300 s in part 3).
+SMOKE = dict(smoke=True, device="cpu", budget_s=480.0, mining_images=64, mining_image=8, mining_batch=32,
              mining_epochs=1, profile_steps=1, tickets_data="digits", tickets_subset=128, density=0.64, epochs=2,
              finetune_epochs=1, imp_max_epochs=1, batches=(2,), iters=3, warmup=1, ticket_images=16, infer_image=8,
              compile_backend="eager", threads=1)
@@ -236,7 +241,21 @@ def device_meta(s: Settings) -> dict:
 # ------------------------------------------------------------------------------------------------------ plans
 # Every row a part will measure exists from the start, "not measured" until it is, so a cut-off run and a
 # machine without a GPU produce the same tables with the reason in place of the figure.
-MINING_ROWS = (("dense", "eager"), ("gem-miner", "eager"), ("gem-miner", "compile"), ("dense", "compile"))
+# (epoch, mode), in the order measured (what a cut-off run misses comes last). Epochs: Gem-Miner's mining, a plain
+# dense epoch (the ceiling), a ticket's training (mask fixed, 1.44%) and an IMP round (mask fixed, 80%): the last
+# two are the same masked loop with IMP's or the fine-tuning recipe. Modes: "per-layer" is Gem-Miner as gemdeploy
+# had it before issue 25 (one score tensor per layer, torch's default foreach SGD; benchmarks.pace's reference);
+# "eager" is gemdeploy's loop now (flat score buffers, fused SGD); "cuda-graph" is `mine --cuda-graph`; "compile"
+# is `mine --compile`.
+MINING_ROWS = (("dense", "eager"), ("gem-miner", "per-layer"), ("gem-miner", "eager"), ("gem-miner", "cuda-graph"),
+               ("dense", "cuda-graph"), ("ticket", "eager"), ("ticket", "cuda-graph"), ("imp-round", "eager"),
+               ("imp-round", "cuda-graph"), ("gem-miner", "compile"), ("dense", "compile"))
+MODE_LABELS = {"per-layer": "per-layer scores, default SGD (before)", "eager": "eager", "cuda-graph": "CUDA graph",
+               "compile": "torch.compile"}
+EPOCH_LABELS = {"gem-miner": "Gem-Miner mining epoch", "dense": "plain dense training epoch",
+                "ticket": "ticket training epoch (1.44% mask)", "imp-round": "IMP round epoch (80% mask)"}
+MASKED_EPOCHS = {"ticket": (0.0144, 0.01), "imp-round": (0.8, 0.1)}  # density, lr (momentum 0.9, wd 1e-4 both)
+GOAL_S, GOAL_RATIO = 1.0, 1.2  # issue 25: a mining epoch in <= 1 s and <= 1.2x the dense epoch of the same run
 TICKET_METHODS = ("gem-miner", "random", "synflow", "imp")
 INFER_TICKETS = ("dense", "channel 75%", "2:4", "2:4 semi-structured")
 INFER_MODES = ("eager", "cuda-graph", "compiled")
@@ -246,7 +265,12 @@ MINING_LOOP = ("each epoch is gemdeploy.train.loop.train_epoch (the loop `gemdep
                "TensorSplit of uint8 images with random crop and flip done on the device; Gem-Miner: ScoredNetwork "
                "(signed-constant weights, scores U[0,1]), SGD lr 0.1 momentum 0.9 on the scores, L2 penalty 1e-4, "
                "projection after every step; dense: kaiming-normal ResNet-20, SGD lr 0.1 momentum 0.9 wd 1e-4; "
-               "compile: torch.compile of the forward module, as `gemdeploy mine --compile` does")
+               "ticket and IMP round: kaiming-normal ResNet-20 under a fixed random mask (gemdeploy.train.masked: "
+               "gradients masked, mask enforced after every step), SGD momentum 0.9 wd 1e-4 at lr 0.01 (the "
+               "fine-tuning) and 0.1 (IMP's round); per-layer: Gem-Miner's scores one tensor per layer with torch's "
+               "default SGD, the code before the flat buffers (benchmarks.pace.PerLayerScoredNetwork); cuda-graph: "
+               "the whole step captured once and replayed, as `gemdeploy mine --cuda-graph` does; compile: "
+               "torch.compile of the forward module, as `gemdeploy mine --compile` does")
 
 
 def _planned_command(s: Settings, method: str, seed: int) -> str:
@@ -348,28 +372,45 @@ def resident_images(n: int, size: int, device: torch.device, channels_last: bool
 
 
 def epoch_runner(kind: str, mode: str, s: Settings, hw, split) -> Callable[[int], object]:
-    """One training epoch over ``split``: Gem-Miner's (as GemMiner._mine sets it up) or plain dense SGD."""
+    """One training epoch over ``split`` of ``kind`` (MINING_ROWS) in ``mode``, set up as gemdeploy's phases set it
+    up (GemMiner._mine, train_masked); the step is built once, so a CUDA graph is captured once."""
+    from benchmarks.pace import PerLayerScoredNetwork
     from gemdeploy.mine.methods.gem_miner import ScoredNetwork
     from gemdeploy.mine.recipes import paper_lambda
     from gemdeploy.models import build_model
-    from gemdeploy.train.init import initialize
-    from gemdeploy.train.loop import sgd, train_epoch
+    from gemdeploy.models.init import initialize
+    from gemdeploy.sparsity.masks import Mask
+    from gemdeploy.train.loop import make_step, sgd, train_epoch
+    from gemdeploy.train.masked import MaskedModel
 
     torch.manual_seed(0)
+    hw = replace(hw, cuda_graph=mode == "cuda-graph")
     shape = (3, s.mining_image, s.mining_image)
-    extra: dict = {}
+    penalty = after_step = None
     if kind == "gem-miner":
         net = hw.prepare(initialize(build_model("resnet20", shape, 10), "signed-constant"))
-        scored = ScoredNetwork(net, torch.Generator().manual_seed(0)).train()
-        opt = sgd(scored.scores, 0.1, 0.9, 0.0)
-        lam = paper_lambda(0.0144)
+        cls = PerLayerScoredNetwork if mode == "per-layer" else ScoredNetwork
+        scored = cls(net, torch.Generator().manual_seed(0)).train()
+        params = scored.score_parameters()
+        # before: torch's default SGD (foreach on CUDA); now: gemdeploy's sgd (fused on CUDA)
+        opt = torch.optim.SGD(params, lr=0.1, momentum=0.9) if mode == "per-layer" else sgd(params, 0.1, 0.9, 0.0)
         module = scored
-        extra = dict(penalty=lambda: lam * scored.l2_penalty(), after_step=scored.project_)
+        lam = paper_lambda(0.0144)
+        penalty, after_step = (lambda: lam * scored.l2_penalty()), scored.project_
     else:
         module = hw.prepare(initialize(build_model("resnet20", shape, 10), "kaiming-normal")).train()
-        opt = sgd(module.parameters(), 0.1, 0.9, 1e-4)
+        lr = 0.1
+        if kind in MASKED_EPOCHS:
+            density, lr = MASKED_EPOCHS[kind]
+            gen = torch.Generator().manual_seed(0)
+            mask = Mask({k: (torch.rand(m.shape, generator=gen) < density).float()
+                         for k, m in Mask.ones_like(module).items()})
+            masked = MaskedModel(module, mask)
+            after_step = masked.enforce
+        opt = sgd(module.parameters(), lr, 0.9, 1e-4)
     forward = _compile(module, s.compile_backend) if mode == "compile" else module
-    return lambda epoch: train_epoch(forward, opt, split, hw, epoch=epoch, seed=0, batch_size=s.mining_batch, **extra)
+    step = make_step(forward, opt, hw, penalty, after_step)
+    return lambda epoch: train_epoch(forward, opt, split, hw, epoch=epoch, seed=0, batch_size=s.mining_batch, step=step)
 
 
 def part_mining(s: Settings, res: Results, clock: Clock) -> None:
@@ -382,6 +423,9 @@ def part_mining(s: Settings, res: Results, clock: Clock) -> None:
         if clock.over():
             break
         label = f"{row['epoch']} {row['mode']}"
+        if row["mode"] == "cuda-graph" and hw.device.type != "cuda":
+            not_measured(row, "needs CUDA")
+            continue
         log(f"mining: {label} ...")
         run = None
         try:
@@ -431,13 +475,22 @@ def _profile_or_reason(s: Settings, hw, split, clock: Clock) -> dict:
 
 
 def _mining_verdict(part: dict, s: Settings) -> None:
+    """Each epoch against the dense epoch of its mode (per-layer: the eager dense epoch), each mode's gain over
+    eager, and issue 25's goal: the best mining epoch <= GOAL_S and <= GOAL_RATIO x the best dense epoch."""
     by = {(r["epoch"], r["mode"]): r for r in part["rows"] if r["status"] == "measured"}
-    ratios = {}
-    for mode in ("eager", "compile"):
-        if ("gem-miner", mode) in by and ("dense", mode) in by:
-            ratios[mode] = by[("gem-miner", mode)]["epoch_s"] / by[("dense", mode)]["epoch_s"]
-    part["ratios"] = ratios
-    mines = [r for (k, _), r in by.items() if k == "gem-miner"]
+    ratios, vs_dense, vs_eager = {}, {}, {}
+    for (kind, mode), r in by.items():
+        dense = by.get(("dense", "eager" if mode == "per-layer" else mode))
+        if dense is not None:
+            vs_dense[f"{kind}|{mode}"] = r["epoch_s"] / dense["epoch_s"]
+        eager = by.get((kind, "eager"))
+        if eager is not None and mode != "eager":
+            vs_eager[f"{kind}|{mode}"] = eager["epoch_s"] / r["epoch_s"]
+    for mode in ("eager", "compile", "cuda-graph", "per-layer"):
+        if f"gem-miner|{mode}" in vs_dense:
+            ratios[mode] = vs_dense[f"gem-miner|{mode}"]
+    part.update(ratios=ratios, vs_dense=vs_dense, speedup_over_eager=vs_eager)
+    mines = [r for (k, m), r in by.items() if k == "gem-miner" and m != "per-layer"]
     denses = [r for (k, _), r in by.items() if k == "dense"]
     if not mines or not denses:
         part["goal"] = {"met": None, "detail": "not measured"}
@@ -445,12 +498,12 @@ def _mining_verdict(part: dict, s: Settings) -> None:
     best_m = min(mines, key=lambda r: r["epoch_s"])
     best_d = min(denses, key=lambda r: r["epoch_s"])
     ratio = best_m["epoch_s"] / best_d["epoch_s"]
-    met = best_m["epoch_s"] <= 1.0 and ratio <= 1.5
+    met = best_m["epoch_s"] <= GOAL_S and ratio <= GOAL_RATIO
     part["goal"] = {"met": None if s.smoke else met, "best_mining": best_m["mode"], "best_mining_epoch_s": best_m["epoch_s"],
                     "best_dense": best_d["mode"], "best_dense_epoch_s": best_d["epoch_s"], "ratio": ratio,
-                    "detail": (f"best mining epoch {best_m['epoch_s']:.2f} s ({best_m['mode']}) vs goal 1 s; "
-                               f"{ratio:.2f}x the best dense epoch ({best_d['epoch_s']:.2f} s, {best_d['mode']}) vs goal 1.5x"
-                               + (" (smoke sizes: no verdict)" if s.smoke else ""))}
+                    "detail": (f"best mining epoch {best_m['epoch_s']:.2f} s ({best_m['mode']}) vs goal {GOAL_S:g} s; "
+                               f"{ratio:.2f}x the best dense epoch ({best_d['epoch_s']:.2f} s, {best_d['mode']}) vs goal "
+                               f"{GOAL_RATIO:g}x" + (" (smoke sizes: no verdict)" if s.smoke else ""))}
 
 
 def _event_time(evt, *names: str) -> float:
@@ -633,62 +686,9 @@ def part_tickets(s: Settings, res: Results, clock: Clock, work: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------- part 3: inference
-def holds_2of4(w2d: torch.Tensor) -> bool:
-    """Every group of 4 consecutive entries of each row holds at most 2 nonzeros (torch's semi-structured layout)."""
-    if w2d.dim() != 2 or w2d.shape[1] % 4:
-        return False
-    return bool(((w2d.reshape(w2d.shape[0], -1, 4) != 0).sum(-1) <= 2).all())
-
-
-def conv_weight_2d(weight: torch.Tensor) -> torch.Tensor:
-    """[K, C, R, S] -> [K, R*S*C]: input channels last, so gemdeploy's 2:4 groups (4 consecutive input channels at
-    one kernel position) are 4 consecutive entries of a row, as torch's semi-structured layout wants them."""
-    k = weight.shape[0]
-    return weight.detach().permute(0, 2, 3, 1).reshape(k, -1).contiguous()
-
-
-def patches_nhwc(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
-                 padding: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
-    """The conv's input patches as rows [B*Ho*Wo, R*S*C] in (r, s, c) order (im2col, channels last)."""
-    r, s = kernel
-    sh, sw = stride
-    x = x.permute(0, 2, 3, 1)
-    if padding[0] or padding[1]:
-        x = F.pad(x, (0, 0, padding[1], padding[1], padding[0], padding[0]))
-    b, hp, wp, c = x.shape
-    ho, wo = (hp - r) // sh + 1, (wp - s) // sw + 1
-    if r == s == 1:
-        cols = x[:, : sh * (ho - 1) + 1: sh, : sw * (wo - 1) + 1: sw, :]
-    else:
-        cols = torch.stack([x[:, i: i + sh * (ho - 1) + 1: sh, j: j + sw * (wo - 1) + 1: sw, :]
-                            for i in range(r) for j in range(s)], dim=3)
-    return cols.reshape(b * ho * wo, -1), ho, wo
-
-
-class GemmLinear(nn.Module):
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
-        super().__init__()
-        self.weight = nn.Parameter(weight, requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
-
-    def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
-
-
-class ConvAsGemm(nn.Module):
-    """A Conv2d (groups 1, dilation 1, zero padding) as one GEMM of its channels-last patches with a [K, R*S*C]
-    weight, which may be a semi-structured sparse tensor."""
-
-    def __init__(self, conv: nn.Conv2d, weight2d: torch.Tensor):
-        super().__init__()
-        self.weight = nn.Parameter(weight2d, requires_grad=False)
-        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach(), requires_grad=False)
-        self.kernel, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
-
-    def forward(self, x):
-        cols, ho, wo = patches_nhwc(x, self.kernel, self.stride, self.padding)
-        y = F.linear(cols, self.weight, self.bias)
-        return y.reshape(x.shape[0], ho, wo, -1).permute(0, 3, 1, 2)
+# The conv/linear -> GEMM lowering and the 2:4 layout check live in the library (the pytorch-cuda-2:4 bench backend).
+from gemdeploy.bench.semi_structured import ConvAsGemm, GemmLinear, patches_nhwc  # noqa: E402,F401
+from gemdeploy.sparsity.kernels24 import holds_24 as holds_2of4, weight_2d as conv_weight_2d  # noqa: E402
 
 
 def _conv_qualifies(m: nn.Conv2d) -> bool:
@@ -776,16 +776,9 @@ def _latency(fn: Callable[[], object], iters: int, warmup: int, cuda: bool) -> d
 
 def _cuda_graph(module: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     """``module(x)`` captured once into a CUDA graph (after warm-up on a side stream); the call replays it."""
-    static = x.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            module(static)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        module(static)
+    from gemdeploy.bench.backends.cuda_graph import capture
+
+    graph, _ = capture(module, x.clone())
     return graph.replay
 
 
@@ -998,23 +991,28 @@ def _render_mining(part: dict) -> list[str]:
     lines += _part_status(part)
     common = _common_reason(part["rows"]) if part["status"] == "not measured" else None
     ratios = part.get("ratios", {})
+    vs_dense = part.get("vs_dense") or {f"gem-miner|{m}": v for m, v in ratios.items()}  # older JSON: ratios only
+    gain = part.get("speedup_over_eager", {})
     rows = []
     for r in part["rows"]:
-        label = "Gem-Miner mining epoch" if r["epoch"] == "gem-miner" else "plain dense training epoch"
-        ratio = ratios.get(r["mode"]) if r["epoch"] == "gem-miner" else (1.0 if r["mode"] in ratios else None)
-        rows.append([label, "torch.compile" if r["mode"] == "compile" else "eager",
+        key = f"{r['epoch']}|{r['mode']}"
+        ratio = 1.0 if r["epoch"] == "dense" and r["status"] == "measured" else vs_dense.get(key)
+        rows.append([EPOCH_LABELS.get(r["epoch"], r["epoch"]), MODE_LABELS.get(r["mode"], r["mode"]),
                      _cell(r, common, lambda r: f"{r['images_per_s']:,.0f}"),
                      _cell(r, common, lambda r: f"{r['epoch_s']:.3f} s"),
                      "" if ratio is None else f"{ratio:.2f}x",
+                     f"{gain[key]:.2f}x" if key in gain else "",
                      _cell(r, common, lambda r: f"{r['warmup_epoch_s']:.1f} s")])
     lines += [markdown_table(["epoch", "mode", "images/s", "s per epoch", "vs dense (same mode)",
-                              "warm-up epoch (incl. compile)"], rows), ""]
+                              "speed-up over eager", "warm-up epoch (incl. compile, capture)"], rows), ""]
     goal = part.get("goal")
+    # older JSON was judged against issue 9's 1.5x; its detail names the goal it was judged by
+    target = f"mining epoch <= {GOAL_S:g} s and <= {GOAL_RATIO:g}x the dense epoch"
     if goal:
         verdict = {True: "met", False: "**not met**", None: "no verdict"}[goal.get("met")]
-        lines.append(f"Goal (mining epoch <= 1 s and <= 1.5x the dense epoch): {verdict}; {goal['detail']}.")
+        lines.append(f"Goal ({target}): {verdict}; {goal['detail']}.")
     else:
-        lines.append("Goal (mining epoch <= 1 s and <= 1.5x the dense epoch): not measured.")
+        lines.append(f"Goal ({target}): not measured.")
     prof = part.get("profile") or {}
     if prof.get("status") == "measured":
         lines += ["", f"Profile of {prof['steps']} eager Gem-Miner steps (torch.profiler, top ops by "
@@ -1181,7 +1179,7 @@ def main(
                                                "--smoke: benchmarks/results/quick/gpu-smoke.json, git-ignored)."),
     markdown: Path | None = typer.Option(None, help="Also write the rendered GPU section to this file."),
     smoke: bool = typer.Option(False, "--smoke", help="Every part at toy size on the CPU (under a minute)."),
-    budget: float = typer.Option(0.0, help="Seconds for all parts (0: 450 on the GPU, 120 for --smoke)."),
+    budget: float = typer.Option(0.0, help="Seconds for all parts (0: 450 on the GPU, 480 for --smoke)."),
     parts: str = typer.Option(",".join(PARTS), help="Parts to run, comma-separated: mining, inference, tickets."),
     work: Path | None = typer.Option(None, help="Where the run directories go (default: a new temporary folder)."),
     seeds: int = typer.Option(1, help="Seeds of the tickets part."),

@@ -3,6 +3,7 @@
 # root, with wheels/ from `bash benchmarks/gpu_wheels.sh` carried along:
 #
 #   bash benchmarks/gpu_run.sh OUT [more benchmarks/gpu.py options]
+#   GPU_BENCH=gpu_inference bash benchmarks/gpu_run.sh OUT     # benchmarks/gpu_inference.py instead (issue 26)
 #
 # 1. installs the carried wheels (no index, no dependencies: the image has the rest) into a private folder;
 # 2. runs gemdeploy from this source tree (PYTHONPATH; nothing is built there: `pip install -e .` would need
@@ -20,7 +21,10 @@ ls wheels/*.whl >/dev/null 2>&1 || { echo "no wheels/*.whl here: run bash benchm
 "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" wheels/*.whl \
     || { echo "installing wheels/ failed" >&2; exit 2; }
 export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$out/gpu.log"
-"$python" -m benchmarks.gpu --out "$out/gpu.json" --markdown "$out/BENCHMARKS-gpu.md" --work /tmp/gemdeploy-gpu "$@" \
-    2>&1 | tee -a "$out/gpu.log"
+bench=${GPU_BENCH:-gpu}
+extra=()
+[ "$bench" = gpu ] && extra=(--work /tmp/gemdeploy-gpu)
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$out/$bench.log"
+"$python" -m "benchmarks.$bench" --out "$out/$bench.json" --markdown "$out/BENCHMARKS-$bench.md" \
+    ${extra[@]+"${extra[@]}"} "$@" 2>&1 | tee -a "$out/$bench.log"
 exit "${PIPESTATUS[0]}"

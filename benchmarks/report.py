@@ -21,7 +21,7 @@ def machine() -> str:
 
 def write_section(name: str, body: str) -> None:
     """Replace (or append) the section ``name`` of BENCHMARKS.md, atomically."""
-    from gemdeploy.run.rundir import atomic_write_bytes
+    from gemdeploy.files import atomic_write_bytes
 
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else HEADER

@@ -23,7 +23,7 @@ from benchmarks.report import machine, markdown_table, write_section
 from gemdeploy.data import load_data
 from gemdeploy.data.sets import synthetic_bundle
 from gemdeploy.train.masked import MaskedModel
-from gemdeploy.train.init import initialize
+from gemdeploy.models.init import initialize
 from gemdeploy.sparsity.masks import Mask
 from gemdeploy.mine.methods.gem_miner import ScoredNetwork
 from gemdeploy.models import build_model
@@ -38,7 +38,7 @@ def epoch_rates(model_name: str, data, hw: Hardware, epochs: int, batch_size: in
     torch.manual_seed(0)
     net = hw.prepare(initialize(build_model(model_name, data.input_shape, data.num_classes), "signed-constant"))
     scored = ScoredNetwork(net, torch.Generator().manual_seed(0)).train()
-    opt = sgd(scored.scores, 0.1, 0.9, 0.0)
+    opt = sgd(scored.score_parameters(), 0.1, 0.9, 0.0)
     forward = maybe_compile(scored, hw)
     mine = [train_epoch(forward, opt, data.train, hw, epoch=e, seed=0, batch_size=batch_size,
                         penalty=lambda: 1e-4 * scored.l2_penalty(), after_step=scored.project_).images_per_s

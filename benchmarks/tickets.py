@@ -156,6 +156,17 @@ def _pool(jobs: int):
     return ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=mp.get_context("spawn"))
 
 
+def summary_record(s: dict, model: str, data: str, method: str, density: float, seed: int) -> dict:
+    """What the ticket tables aggregate from one finished run's summary.json (``method`` may name a variant)."""
+    training = s.get("ticket_training") or {}
+    return {"model": model, "data": data, "method": method, "density_target": density, "seed": seed,
+            "density": s["density"], "test_acc": s["test_acc"], "val_acc": s["val_acc"],
+            "time_to_ticket_s": s["time_to_ticket_s"], "total_time_s": s["total_time_s"],
+            "finetune_time_s": s["finetune_time_s"], "epochs": s["epochs"], "finetune_epochs": s["finetune_epochs"],
+            "ticket_epochs": s["ticket_epochs"], "init": s["init"], "trained_from": training.get("starts_from"),
+            "recipe": training.get("recipe")}
+
+
 def run_unit(unit) -> list[dict]:
     """Every method and density of one (model, seed): IMP first, down to the lowest density, so the other
     densities reuse its levels."""
@@ -183,15 +194,8 @@ def run_unit(unit) -> list[dict]:
                 raise SystemExit(f"{path} was run with other epochs; use another --runs directory")
             if imp and deepest is None:
                 deepest = path
-            training = s.get("ticket_training") or {}
-            records.append({"model": model, "data": data, "method": method, "density_target": d, "seed": seed,
-                            "density": s["density"], "test_acc": s["test_acc"], "val_acc": s["val_acc"],
-                            "time_to_ticket_s": s["time_to_ticket_s"], "total_time_s": s["total_time_s"],
-                            "finetune_time_s": s["finetune_time_s"], "epochs": s["epochs"],
-                            "finetune_epochs": s["finetune_epochs"], "ticket_epochs": s["ticket_epochs"],
-                            "init": s["init"], "trained_from": training.get("starts_from"),
-                            "reused_levels": cfg.imp_from is not None,
-                            "recipe": training.get("recipe"), "run": str(path.relative_to(runs))})
+            records.append({**summary_record(s, model, data, method, d, seed),
+                            "reused_levels": cfg.imp_from is not None, "run": str(path.relative_to(runs))})
             print(f"[{time.perf_counter() - started:7.1f} s] {model}/{data} {method:11s} d={d:.4f} seed={seed} "
                   f"test={s['test_acc']:.4f} ttt={s['time_to_ticket_s']:.1f}s ({time.perf_counter() - t0:.1f}s)",
                   flush=True)

@@ -20,10 +20,10 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from gemdeploy.calibration import CALIB_METHODS
 from gemdeploy.errors import GemdeployError, unknown_choice
-from gemdeploy.exporters.onnx_export import INPUT_NAME, quiet
+from gemdeploy.progress import quiet
 
-from gemdeploy.exporters.config import CALIB_METHODS
 
 
 def _ort_method(name: str):
@@ -35,7 +35,7 @@ def _ort_method(name: str):
             "minmax": CalibrationMethod.MinMax}[name]
 
 
-def _reader(images: np.ndarray, batch_size: int):
+def _reader(images: np.ndarray, batch_size: int, input_name: str):
     from onnxruntime.quantization import CalibrationDataReader
 
     class ImageReader(CalibrationDataReader):
@@ -47,7 +47,7 @@ def _reader(images: np.ndarray, batch_size: int):
                 return None
             batch = images[self.start:self.start + batch_size]
             self.start += batch_size
-            return {INPUT_NAME: batch}
+            return {input_name: batch}
 
         def rewind(self):
             self.start = 0
@@ -56,6 +56,11 @@ def _reader(images: np.ndarray, batch_size: int):
             return len(images)
 
     return ImageReader()
+
+
+def _input_name(fp32_path: str | Path) -> str:
+    """The graph input the calibration images feed (read from the file: calibration needs no exporter)."""
+    return onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
 
 
 def cache_key(fp32_path: str | Path, method: str, samples: int, scheme: str = "tensorrt") -> str:
@@ -111,7 +116,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, images: torch.Ten
         tmp_cache = cache_path.with_name(f".{cache_path.name}.tmp")
     try:
         with quiet():
-            quantize_static(str(fp32_path), str(out_path), None if hit else _reader(images, batch_size),
+            reader = None if hit else _reader(images, batch_size, _input_name(fp32_path))
+            quantize_static(str(fp32_path), str(out_path), reader,
                             quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=how["reduce_range"],
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                             op_types_to_quantize=["Conv", "Gemm", "MatMul"],

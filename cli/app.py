@@ -1,4 +1,4 @@
-"""The Typer application: `gemdeploy mine | sanity | compact | export | bench | doctor | methods`.
+"""The Typer application: `gemdeploy mine | sanity | compact | export | bench | tune | doctor | methods`.
 
 Start-up stays light: command modules import torch, ONNX Runtime and the rest only inside the command, so
 `--help`, `methods` and every refusal of a bad argument answer at once.
@@ -21,6 +21,7 @@ from gemdeploy.cli.export import export
 from gemdeploy.cli.methods import methods
 from gemdeploy.cli.mine import mine
 from gemdeploy.cli.sanity import sanity
+from gemdeploy.cli.tune import tune
 
 def _metavar(annotation) -> str:
     import typing
@@ -81,7 +82,7 @@ def main_options(
 
 
 for _name, _fn in (("mine", mine), ("sanity", sanity), ("compact", compact), ("export", export), ("bench", bench),
-                   ("doctor", doctor), ("methods", methods)):
+                   ("tune", tune), ("doctor", doctor), ("methods", methods)):
     app.command(_name, cls=_Command)(_fn)
 
 

@@ -33,29 +33,22 @@ def _bench(run: Path, **values) -> None:
     """Accuracy and latency of each run's artifacts on each available backend: table, JSON, report with plots."""
     import json
 
-    from gemdeploy.errors import GemdeployError
-    from gemdeploy.run import layout
-    from gemdeploy.run.rundir import check_output_dir
-
-    opts = from_cli(BenchOptions, values).resolve()
+    from gemdeploy.bench.stage import bench_runs, report_folder
     from gemdeploy.run.rundir import RunDir
 
+    opts = from_cli(BenchOptions, values).resolve()
     for path in [run, *values["against"]]:
         RunDir.open(path)  # a wrong path fails at once, before torch is imported
-    out = check_output_dir(values["out"] or run / layout.BENCH_DIR, "bench folder")
-    if out.exists() and any(out.iterdir()) and not values["overwrite"]:
-        raise GemdeployError(f"{out} already holds a report; pass --overwrite to replace it or --out to write elsewhere")
+    out = report_folder(run, values["out"], values["overwrite"])
 
     from rich.console import Console
 
-    from gemdeploy.bench.measure import measure
-    from gemdeploy.bench.report import print_table, write_outputs
-    from gemdeploy.machine import describe
+    from gemdeploy.bench.report import print_table
 
     console = Console(stderr=True)
     with console.status("benchmarking") as status:
-        result = measure([run, *values["against"]], opts, progress=lambda msg: status.update(msg))
-    files = write_outputs(result, out, describe(), command=_command_line())
+        result, files = bench_runs([run, *values["against"]], opts, out, progress=lambda msg: status.update(msg),
+                                   command=_command_line())
     if values["json_out"]:
         print((out / "bench.json").read_text())
     else:

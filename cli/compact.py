@@ -11,6 +11,7 @@ from rich.table import Table
 
 from gemdeploy.cli.errors import friendly_errors
 from gemdeploy.run.config import MineConfig
+from gemdeploy.sparsity import PATTERNS
 
 DEFAULTS = MineConfig()
 
@@ -36,26 +37,18 @@ def compact(
     require("--finetune-epochs", finetune_epochs, at_least(0))
     require("--round-to", round_to, at_least(1))
     from gemdeploy.run.artifacts import RunArtifacts
-    from gemdeploy.compact.compaction import RECORD, compact_run
+    from gemdeploy.compact.compaction import RECORD, compact_stage
 
     if pattern is None:
         if out is not None:
             raise GemdeployError("--out is only used with --pattern 2:4 (plain compaction writes into RUN)")
-        artifacts = RunArtifacts.open(run)
-        if artifacts.run.has(RECORD) and not overwrite:
-            old = artifacts.run.read_json(RECORD)
-            if old.get("round_to") != round_to:
-                raise GemdeployError(f"{run} is already compacted with --round-to {old.get('round_to')}; "
-                                     f"pass --overwrite to redo it with --round-to {round_to}")
-            record, target = old, run
-        else:
-            record, target = compact_run(artifacts, round_to), run
-    elif pattern == "2:4":
+        record, target = compact_stage(RunArtifacts.open(run), round_to, overwrite), run
+    elif pattern in PATTERNS and PATTERNS.get(pattern).groups(nm) is not None:  # an N:M pattern: a projection
         if out is None:
             raise GemdeployError("--pattern 2:4 writes a new run: pass --out DIR (RUN itself is never modified)")
         if Path(out).resolve() == Path(run).resolve():
             raise GemdeployError("--out must differ from RUN: the source run is never modified")
-        from gemdeploy.compact.nm_project import project_run
+        from gemdeploy.mine.nm_project import project_run
 
         summary = project_run(run, out, nm=nm, finetune_epochs=finetune_epochs, round_to=round_to,
                               overwrite=overwrite, device=device, quiet=quiet)
@@ -68,7 +61,9 @@ def compact(
         print_record(record, target, json_out, projected)
         return
     else:
-        raise GemdeployError(f"unknown --pattern {pattern!r} for compact; choose 2:4 (or leave it out)")
+        projectable = [p for p in PATTERNS.names() if PATTERNS.get(p).groups(nm) is not None]
+        raise GemdeployError(f"unknown --pattern {pattern!r} for compact; choose {', '.join(projectable)} (or leave "
+                             "it out)")
     print_record(record, target, json_out)
 
 

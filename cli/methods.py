@@ -1,4 +1,5 @@
-"""`gemdeploy methods`: the methods, models, data sets, export precisions and bench backends, with a line each."""
+"""`gemdeploy methods`: the methods, models, data sets, sparsity patterns, export precisions and bench backends,
+with a line each."""
 
 from __future__ import annotations
 
@@ -23,15 +24,16 @@ def catalog() -> dict[str, dict[str, str]]:
     from gemdeploy.exporters.precisions import PRECISIONS
     from gemdeploy.mine.methods import METHODS
     from gemdeploy.models import MODELS
+    from gemdeploy.sparsity import PATTERNS
 
     return {title: {name: reg.summary(name) for name in reg.names()}
-            for title, reg in (("methods", METHODS), ("models", MODELS), ("data", DATASETS),
+            for title, reg in (("methods", METHODS), ("models", MODELS), ("data", DATASETS), ("patterns", PATTERNS),
                                ("precisions", PRECISIONS), ("backends", BACKENDS))}
 
 
 @friendly_errors
 def methods(json_out: bool = typer.Option(False, "--json", metavar="", help="Machine-readable JSON.")) -> None:
-    """List the ticket-finding methods, models, data sets, export precisions and bench backends."""
+    """List the ticket-finding methods, models, data sets, sparsity patterns, export precisions and bench backends."""
     info = catalog()
     if json_out:
         import json

@@ -128,6 +128,10 @@ def print_summary(summary: dict, path: Path, json_out: bool) -> None:
                  ("compacted file", f"{files['dense']:,} -> {files['compact']:,} bytes")]
         if compaction.get("channels_left_whole"):
             rows.append(("channels left whole", compaction["channels_left_whole"]))
+    kernels24 = summary.get("sparse24_kernels")
+    if kernels24 and kernels24.get("can_run") is not None:
+        rows.append(("2:4 GPU kernels", f"{kernels24['can_run']} layers can run sparse, {kernels24['wide']} wide enough "
+                                        "to tend to pay"))
     for k, v in rows:
         table.add_row(k, str(v))
     Console().print(table)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from gemdeploy.calibration import CALIB_METHODS
 from gemdeploy.errors import GemdeployError
 from gemdeploy.exporters.precisions import PRECISIONS
 from gemdeploy.options import at_least, option, validate
 
-CALIB_METHODS = ("entropy", "percentile", "minmax")
 EXPORTERS = ("auto", "dynamo", "torchscript")
 _TRT = "TensorRT (--trt)"
 

@@ -6,13 +6,10 @@ renamed into place: a file that fails verification never appears under its final
 
 from __future__ import annotations
 
-import contextlib
 import io
-import logging
 import os
 import re
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +20,8 @@ from onnx import numpy_helper
 from torch import nn
 
 from gemdeploy.errors import GemdeployError
-from gemdeploy.run.rundir import user_permissions
+from gemdeploy.files import user_permissions
+from gemdeploy.progress import quiet
 
 OPSET = 18  # >= 17 (LayerNorm etc.); both TensorRT 10 and 11 parse opset 18
 INPUT_NAME = "input"
@@ -31,20 +29,6 @@ OUTPUT_NAME = "logits"
 EXPORTERS = ("auto", "dynamo", "torchscript")
 FP32_REL_TOL = 1e-4  # max |ORT - PyTorch| <= 1e-4 * max |logit|
 FP16_MIN_AGREEMENT = 0.995  # top-1 agreement of the fp16 graph with PyTorch fp32
-
-
-@contextlib.contextmanager
-def quiet():
-    """Silence the exporters' chatter (Python warnings, logging and stdout prints): errors still raise."""
-    out = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(out):
-        warnings.simplefilter("ignore")
-        previous = logging.root.manager.disable
-        logging.disable(logging.WARNING)
-        try:
-            yield out
-        finally:
-            logging.disable(previous)
 
 
 def _export_dynamo(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:

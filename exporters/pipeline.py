@@ -22,16 +22,20 @@ from typing import Callable
 import onnx
 import torch
 
+from gemdeploy.compact.deploy import deployed_model
 from gemdeploy.errors import GemdeployError
 from gemdeploy.exporters import layout
 from gemdeploy.exporters import onnx_export as ox
 from gemdeploy.exporters.config import ExportOptions
 from gemdeploy.exporters.precisions import PRECISIONS
 from gemdeploy.exporters.precisions.base import ExportJob
-from gemdeploy.exporters.sparsity import torch_24_layers
-from gemdeploy.run import layout as run_layout
+from gemdeploy.exporters.tensorrt_build import cuda_status
+from gemdeploy.exporters.precisions.int8 import verdict_of
+from gemdeploy.exporters.tensorrt_build import build_engine, require_tensorrt
 from gemdeploy.run.artifacts import RunArtifacts
-from gemdeploy.run.rundir import check_output_dir, file_sha256, read_json, sweep_debris, user_permissions, write_json
+from gemdeploy.sparsity import PATTERNS
+from gemdeploy.run.rundir import check_output_dir, sweep_debris
+from gemdeploy.files import file_sha256, read_json, user_permissions, write_json
 
 SIDE_SCHEMA = {"file": str, "sha256": str, "source_sha256": str}
 
@@ -49,22 +53,16 @@ def require_onnxruntime() -> None:
                              "one of `pip install gemdeploy[cpu]` or, on GPU hosts, `pip install gemdeploy[gpu]`") from None
 
 
-def load_source(art: RunArtifacts) -> tuple[torch.nn.Module, str, torch.nn.Module, str | None, Path]:
-    """(model to export, 'compacted'|'finetuned', the fine-tuned masked model, note, the weights file)."""
-    masked = art.finetuned_model()
-    weights = art.run / run_layout.WEIGHTS
-    if not art.run.has(run_layout.COMPACT_RECORD):
-        return masked, "finetuned", masked, "the run has no compact.json: exporting the fine-tuned masked model", weights
-    from gemdeploy.compact.compaction import load_compacted_model
+def sparse24_benefit(model: torch.nn.Module, art: RunArtifacts) -> dict:
+    """Which layers of the exported model 2:4 sparse GPU kernels could ever speed up (their shapes and, for a 2:4
+    run, whether their weights hold the pattern), said before the export starts and kept in export.json."""
+    from gemdeploy.sparsity.kernels24 import holds_per_layer, model_benefit
 
-    compacted = load_compacted_model(art).eval()
     if art.config.pattern == "2:4":
-        before = {k for k, v in torch_24_layers(masked).items() if v}
-        after = torch_24_layers(compacted)
-        if before and not all(after.get(k, True) for k in before):
-            return masked, "finetuned", masked, ("compaction broke the 2:4 layout TensorRT needs: exporting the "
-                                                 "fine-tuned masked model (2:4 kept)"), weights
-    return compacted, "compacted", masked, None, art.run / run_layout.COMPACT_WEIGHTS
+        return model_benefit(model, art.input_shape, holds_per_layer(model))
+    found = model_benefit(model, art.input_shape)
+    found["line"] += "; this run's weights are not 2:4 (`gemdeploy compact RUN --pattern 2:4 --out NEW` projects them)"
+    return found
 
 
 def _sidecar_of(out_dir: Path, name: str) -> dict | None:
@@ -111,14 +109,17 @@ def export_run(run_path: str | Path, opts: ExportOptions, log: Callable[[str], N
     out_dir = check_output_dir(art.run.path / layout.EXPORT_DIR, "export folder")
     if opts.trt:
         _check_gpu_precisions(opts)
-    model, source, masked, note, source_file = load_source(art)
-    source_sha = file_sha256(source_file)
+    deployed = deployed_model(art)
+    model, source, masked, note = deployed.model, deployed.source, deployed.masked, deployed.note
+    source_sha = file_sha256(deployed.weights)
     if out_dir.is_dir():
         for gone in sweep_debris(out_dir):
             log(f"removed {gone} (left by an interrupted export)")
     todo = plan(out_dir, opts, source_sha, log)
     if note:
         log(note)
+    kernels24 = sparse24_benefit(model, art)
+    log(kernels24["line"])
 
     started = time.perf_counter()
     data = art.data("cpu")
@@ -149,6 +150,7 @@ def export_run(run_path: str | Path, opts: ExportOptions, log: Callable[[str], N
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     record = _record(art, out_dir, opts, source, note, job, todo, time.perf_counter() - started)
+    record["sparse24_kernels"] = kernels24
     if opts.trt:
         record["tensorrt"] = _build_engines(art, out_dir, opts, record, log)
     write_json(out_dir / layout.RECORD, record)
@@ -164,8 +166,6 @@ def _what_was_checked(side: dict) -> str:
 
 def _check_gpu_precisions(opts: ExportOptions) -> None:
     """Fail fast on impossible combinations; a missing TensorRT is reported after the ONNX is written."""
-    from gemdeploy.exporters.tensorrt_build import cuda_status
-
     cuda = cuda_status()
     cap = float(cuda.get("capability") or 0)
     if cuda["available"] and "int8" in opts.precision and cap < 6.1:
@@ -222,8 +222,6 @@ def _record(art: RunArtifacts, out_dir: Path, opts: ExportOptions, source: str, 
     if job.notes.get("drop_sparse_storage"):
         for stale in (layout.SPARSE_STORAGE, layout.sidecar(layout.SPARSE_STORAGE)):
             (out_dir / stale).unlink(missing_ok=True)
-    from gemdeploy.exporters.precisions.int8 import verdict_of
-
     artifacts, accuracy, present, verdicts = {}, {}, {}, {}
     for p in PRECISIONS.names():
         name = PRECISIONS.get(p).file
@@ -271,15 +269,13 @@ def _record(art: RunArtifacts, out_dir: Path, opts: ExportOptions, source: str, 
 
 def _build_engines(art: RunArtifacts, out_dir: Path, opts: ExportOptions, record: dict,
                    log: Callable[[str], None]) -> dict:
-    from gemdeploy.exporters.tensorrt_build import build_engine, require_tensorrt
-
     try:
         require_tensorrt()
     except GemdeployError:
         record["tensorrt"] = {"built": False}
         write_json(out_dir / layout.RECORD, record)
         raise
-    sparse = bool(record["sparsity_24"].get("sparse"))
+    sparse = PATTERNS.get(art.config.pattern).tensorrt_sparse_weights(record["sparsity_24"].get("tensors") or {})
     cache = Path(opts.timing_cache) if opts.timing_cache else _default_timing_cache()
     engines = {}
     for p in opts.precision:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from gemdeploy.errors import GemdeployError
+from gemdeploy.files import atomic_write_bytes, write_json
 
 HOW_TO_GET = ("run inside NVIDIA's TensorRT container (the Dockerfile here: FROM nvcr.io/nvidia/tensorrt) "
               "or `pip install tensorrt` (or `pip install -e .[gpu]`) on a host with an NVIDIA GPU and driver")
@@ -76,8 +77,6 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, input_shape:
     """Build and save an engine; returns its JSON sidecar (also written next to the engine)."""
     require_tensorrt()
     import tensorrt as trt
-
-    from gemdeploy.run.rundir import atomic_write_bytes, write_json
 
     if not (1 <= min_batch <= opt_batch <= max_batch):
         raise GemdeployError(f"need 1 <= --min-batch <= --opt-batch <= --max-batch (got {min_batch}, {opt_batch}, {max_batch})")

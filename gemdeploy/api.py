@@ -31,7 +31,7 @@ from typing import Any, Iterable
 from gemdeploy import user_code
 from gemdeploy.errors import GemdeployError
 
-__all__ = ["Run", "mine", "open_run"]
+__all__ = ["Run", "mine", "open_run", "tune"]
 
 
 def _model_source(model: Any) -> tuple[str, Any]:
@@ -111,7 +111,8 @@ def mine(model: Any, data: Any, out: str | Path, *, init_from: Any = None, resum
     from gemdeploy.progress import Reporter
     from gemdeploy.run import layout
     from gemdeploy.run.config import MineConfig
-    from gemdeploy.run.rundir import RunDir, read_json
+    from gemdeploy.run.rundir import RunDir
+    from gemdeploy.files import read_json
 
     _mine_options(options)
     model_text, model_obj = _model_source(model)
@@ -132,6 +133,20 @@ def mine(model: Any, data: Any, out: str | Path, *, init_from: Any = None, resum
             run, _ = mine_run(out, cfg, overwrite=overwrite, reporter=Reporter(enabled=not quiet))
     return Run(run.path, model=model if model_obj is not None else None,
                data=data_obj if data_obj is not None else None)
+
+
+def tune(out: str | Path, *, resume: bool = False, **options: Any) -> dict:
+    """`gemdeploy tune`: the fastest ticket within ``max_drop`` points of dense (or the most accurate one meeting
+    ``target_speedup`` / ``target_latency_ms``) on each of ``backend``; options by field name
+    (gemdeploy.tune.config.TuneOptions), e.g. ``tune("runs/t", model="lenet300", data="mnist5k",
+    backend=["onnxruntime-cpu", "sparse-cpu"], max_drop=1.0, batch_size=64, budget="30m")``. Returns tune.json;
+    ``["result"]["pick"]["path"]`` is the chosen run directory."""
+    from gemdeploy.tune.config import TuneOptions
+    from gemdeploy.tune.runner import tune as run_tune
+
+    if isinstance(options.get("backend"), str):
+        options["backend"] = [options["backend"]]
+    return run_tune(_options(TuneOptions, "tune", **options), out, resume=resume)
 
 
 def open_run(path: str | Path, model: Any = None, data: Any = None) -> "Run":
@@ -172,30 +187,23 @@ class Run:
         return self._artifacts().summary()
 
     def model(self, compacted: bool = True):
-        """The ticket as a PyTorch module in eval mode: the compacted one when the run has it (else the fine-tuned
-        masked model)."""
-        from gemdeploy.run import layout
+        """The ticket as a PyTorch module in eval mode: the model the run deploys (the compacted one when the run
+        has it and compaction kept its 2:4 layout, as export and bench decide); ``compacted=False``: the
+        fine-tuned masked model."""
+        from gemdeploy.compact.deploy import deployed_model
 
         with user_code.live(self._live):
             art = self._artifacts()
-            if compacted and art.run.has(layout.COMPACT_RECORD):
-                from gemdeploy.compact.compaction import load_compacted_model
-
-                return load_compacted_model(art)
-            return art.finetuned_model()
+            return deployed_model(art).model if compacted else art.finetuned_model()
 
     def compact(self, round_to: int | None = None, overwrite: bool = False) -> dict:
-        """`gemdeploy compact RUN`: dead and unread channels removed exactly; returns compact.json's record."""
-        from gemdeploy.compact.compaction import RECORD, compact_run
+        """`gemdeploy compact RUN`: dead and unread channels removed exactly; returns compact.json's record (the
+        one in place when it has the same ``round_to``; another one needs ``overwrite=True``)."""
+        from gemdeploy.compact.compaction import compact_stage
 
         with user_code.live(self._live):
             art = self._artifacts()
-            round_to = art.config.round_to if round_to is None else round_to
-            if art.run.has(RECORD) and not overwrite:
-                old = art.run.read_json(RECORD)
-                if isinstance(old, dict) and old.get("round_to") == round_to:
-                    return old
-            return compact_run(art, round_to)
+            return compact_stage(art, art.config.round_to if round_to is None else round_to, overwrite)
 
     def export(self, precision: Iterable[str] | str = ("fp32",), **options: Any) -> dict:
         """`gemdeploy export RUN`: verified ONNX (fp32/fp16/int8), sparse storage, the sparse CPU file; options are
@@ -213,19 +221,12 @@ class Run:
         gemdeploy.bench.config.BenchOptions); writes bench.json, report.md and plots to ``out`` (default RUN/bench)
         and returns the measurement."""
         from gemdeploy.bench.config import BenchOptions
-        from gemdeploy.bench.measure import measure
-        from gemdeploy.bench.report import write_outputs
-        from gemdeploy.machine import describe
-        from gemdeploy.run import layout
-        from gemdeploy.run.rundir import check_output_dir
+        from gemdeploy.bench.stage import bench_runs, report_folder
 
         opts = _options(BenchOptions, "bench", **options)
-        folder = check_output_dir(Path(out) if out is not None else self.path / layout.BENCH_DIR, "bench folder")
-        if folder.exists() and any(folder.iterdir()) and not overwrite:
-            raise GemdeployError(f"{folder} already holds a report; pass overwrite=True or another out")
+        folder = report_folder(self.path, out, overwrite)
         with user_code.live(self._live):
-            result = measure([self.path, *map(Path, against)], opts)
-        write_outputs(result, folder, describe())
+            result, _ = bench_runs([self.path, *map(Path, against)], opts, folder)
         return result
 
 

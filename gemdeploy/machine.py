@@ -64,3 +64,50 @@ def describe() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{cpu} ({describe_int8_cpu()}), {os.cpu_count()} cores, torch {torch.__version__} with "
             f"{torch.get_num_threads()} threads, {gpu}, Python {platform.python_version()}")
+
+
+def gpu_info(index: int = 0) -> dict | None:
+    """The CUDA GPU a benchmark ran on: name, compute capability, memory, and clocks (the maximum ones from
+    PyTorch's device properties where it has them; the current ones through pynvml when that imports); None
+    without a GPU."""
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(index)
+
+    def mhz(value):
+        return None if value is None else round(value / 1000)  # the properties give kHz
+
+    info = {"name": props.name, "capability": f"{props.major}.{props.minor}",
+            "memory_gib": round(props.total_memory / 2**30, 1), "multiprocessors": props.multi_processor_count,
+            "max_sm_clock_mhz": mhz(getattr(props, "clock_rate", None)),
+            "max_memory_clock_mhz": mhz(getattr(props, "memory_clock_rate", None)),
+            "cuda": torch.version.cuda, "clocks_now": None}
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            h = pynvml.nvmlDeviceGetHandleByIndex(index)
+            info["clocks_now"] = {"sm_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
+                                  "memory_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM),
+                                  "max_sm_mhz": pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM)}
+            driver = pynvml.nvmlSystemGetDriverVersion()
+            info["driver"] = driver.decode() if isinstance(driver, bytes) else driver
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as exc:  # noqa: BLE001 - not installed, or NVML missing/refusing on this host
+        info["clocks_now"] = "unknown: " + ("pynvml is not installed" if isinstance(exc, ImportError)
+                                            else f"NVML: {str(exc)[:80]}")
+    return info
+
+
+def describe_gpu(info: dict | None) -> str:
+    """'NVIDIA H200 (9.0, 139.8 GiB, SM up to 1980 MHz, memory 2619 MHz; clocks now unknown: ...)'."""
+    if not info:
+        return "no GPU"
+    now = info.get("clocks_now")
+    now = (f"SM {now['sm_mhz']} MHz, memory {now['memory_mhz']} MHz now" if isinstance(now, dict)
+           else f"clocks now {now}")
+    peak = ", ".join(f"{what} {v} MHz" for what, v in (("SM up to", info.get("max_sm_clock_mhz")),
+                                                       ("memory", info.get("max_memory_clock_mhz"))) if v)
+    return f"{info['name']} (compute {info['capability']}, {info['memory_gib']} GiB{', ' + peak if peak else ''}; {now})"

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from gemdeploy.errors import GemdeployError
-from gemdeploy.run.rundir import file_sha256
+from gemdeploy.files import file_sha256
 
 MODEL_FORMS = "path/to/file.py:FACTORY, package.module:FACTORY or torchvision:NAME"
 DATA_FORMS = "path/to/file.py:FACTORY or package.module:FACTORY"

@@ -83,6 +83,17 @@ def interrupt_when(args, out: Path, marker: str, timeout: float = 300) -> subpro
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
+def method_pattern_cases() -> list[tuple[str, str]]:
+    """(method, pattern) for every registered method and every pattern it declares: what the layout tests mine."""
+    from gemdeploy.mine.methods import METHODS
+
+    return [(name, pattern) for name, method in METHODS.items() for pattern in method.patterns]
+
+
+def case_id(method: str, pattern: str) -> str:
+    return f"{method}-{pattern.replace(':', 'of')}"
+
+
 QUICK = ["--data", "mnist5k", "--epochs", "3", "--finetune-epochs", "2", "--quiet"]
 
 

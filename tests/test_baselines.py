@@ -13,7 +13,7 @@ from gemdeploy.run.config import MineConfig
 from gemdeploy.mine.context import RunContext
 from gemdeploy.data import load_data
 from gemdeploy.data.splits import DataBundle
-from gemdeploy.train.init import initialize
+from gemdeploy.models.init import initialize
 from gemdeploy.sparsity.masks import Mask, keep_count, prunable_weights
 from gemdeploy.mine.methods import METHODS
 from gemdeploy.mine.methods.imp import level_counts
@@ -25,7 +25,9 @@ from gemdeploy.train.loop import Hardware
 
 EXTREME = 0.9941  # 0.59% density
 CONV_CHECKED = ("magnitude", "snip", "grasp", "smart-ratio")  # synflow on conv4: ~2 min on a busy box; lenet300 covers it
-BASELINES = ["random", "magnitude", "snip", "grasp", "synflow", "edge-popup", "smart-ratio", "imp", "imp-ft"]
+# Every method in the registry but Gem-Miner (its own tests: the CLI tickets of conftest, test_training) and dense
+# (no pruning): a new method is checked here the moment it is registered.
+BASELINES = [m for m in METHODS.names() if m not in ("gem-miner", "dense")]
 
 
 def context(tmp_path, method: str, model: str, sparsity: float, data: DataBundle | None = None, **cfg) -> RunContext:
@@ -146,8 +148,7 @@ def test_sanity_transforms_preserve_each_layer_density(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["random", "magnitude", "snip", "grasp", "synflow", "edge-popup", "smart-ratio",
-                                    "imp-ft"])
+@pytest.mark.parametrize("method", [m for m in BASELINES if m != "imp"])  # imp's levels: test_bench's imp_run
 def test_every_method_through_the_cli_on_mnist(tmp_path, method):
     sparsity = 0.5 if method == "imp-ft" else EXTREME  # IMP-FT: 4 rounds here; 0.59% is checked in-process above
     out = tmp_path / method
@@ -204,10 +205,10 @@ def test_each_method_resolves_to_its_references_recipe():
     assert r20.imp_rewind_iter == 1000 and r20.imp_prune_output is True  # the authors' resnet20.yml
     short = MineConfig(model="resnet20", data="mnist5k", method="imp", epochs=5).resolve(train_size=3500)
     assert short.imp_rewind_iter == round(1000 * 5 * 27 / 62_400)  # the same 1.6% of a shorter round
-    for method in ("imp-ft", "magnitude", "random", "snip", "grasp", "synflow", "smart-ratio", "dense"):
-        assert MineConfig(method=method).resolve().init == "kaiming-normal", method
-    for method in ("gem-miner", "edge-popup"):
-        assert MineConfig(method=method).resolve().init == "signed-constant", method
+    signed = [m for m in METHODS.names() if MineConfig(method=m).resolve().init == "signed-constant"]
+    assert signed == ["gem-miner", "edge-popup"]  # the two references that mine scores over signed constants
+    for method in METHODS.names():
+        assert MineConfig(method=method).resolve().init == ("signed-constant" if method in signed else "kaiming-normal")
     assert MineConfig(method="imp", init="signed-constant", imp_lr=0.05).resolve().imp_lr == 0.05  # flags override
 
 
@@ -222,7 +223,7 @@ def test_imp_ticket_trains_from_the_rewind_point_which_may_span_epochs(tmp_path)
     # 1,200 digits at batch 128: 9 iterations an epoch, so rewinding to iteration 50 spans six epochs.
     cli("mine", "--model", "lenet300", "--data", "digits", "--method", "imp", "--sparsity", "0.5", "--epochs", "1",
         "--finetune-epochs", "0", "--imp-rewind-iter", "50", "--quiet", "--out", out, check=True)
-    from gemdeploy.run.rundir import load_metadata
+    from gemdeploy.files import load_metadata
 
     rewind_path = out / "imp-levels" / "rewind.safetensors"
     assert load_metadata(rewind_path)["iterations"] == "50"

@@ -215,3 +215,27 @@ def test_tensorrt_engine_batch_profile_is_enforced(runs):
     cli("export", gm, "--trt", "--max-batch", "4", "--opt-batch", "2", "--overwrite", check=True)
     assert_clean_error(cli("bench", gm, "--backend", "tensorrt", "--batch-size", "16", "--overwrite"),
                        "above the engine's profile")
+
+
+@pytest.mark.slow
+def test_a_run_without_the_backends_artifact_is_a_gap_not_a_refusal(runs, tmp_path):
+    """`bench ticket --against dense --backend sparse-cpu --backend onnxruntime-cpu` where only the ticket has a
+    sparse CPU export: every pair that has its artifact is measured, the dense run on sparse-cpu is a listed gap."""
+    import shutil
+
+    gm, dense = runs
+    ticket = tmp_path / "ticket"
+    shutil.copytree(gm, ticket)
+    cli("export", ticket, "--precision", "sparse-cpu", "--no-sparse-storage", "--quiet", check=True)
+    out = tmp_path / "r"
+    proc = cli("bench", ticket, "--against", dense, "--backend", "sparse-cpu", "--backend", "onnxruntime-cpu",
+               "--batch-size", "2", "--iters", "1", "--warmup", "0", "--out", out, check=True)
+    result = json.loads((out / "bench.json").read_text())
+    measured = {(r["run"], r["backend"]) for r in result["rows"]}
+    assert measured == {("ticket", "sparse-cpu"), ("ticket", "onnxruntime-cpu"), ("dense", "onnxruntime-cpu")}
+    gap = next(u for u in result["unavailable"] if u.get("run") == "dense")
+    assert gap["backend"] == "sparse-cpu" and gap["needs"] == "sparse CPU export"
+    assert gap["make"] == f"gemdeploy export {dense} --precision sparse-cpu"
+    assert "not measured" in proc.stdout and f"gemdeploy export {dense} --precision sparse-cpu" in proc.stdout
+    report = (out / "report.md").read_text()
+    assert "## Not measured" in report and "**sparse-cpu** (dense)" in report

@@ -16,8 +16,10 @@ import torch
 from onnx import numpy_helper
 
 from conftest import assert_clean_error, cli
+from gemdeploy.calibration import CALIB_METHODS
 from gemdeploy.errors import GemdeployError
 from gemdeploy.exporters import onnx_export as ox
+from gemdeploy.exporters.precisions import PRECISIONS
 from gemdeploy.exporters.sparsity import apply_24_magnitude_, onnx_24_report
 from gemdeploy.exporters.tensorrt_build import cuda_status, tensorrt_status
 from gemdeploy.models import MODELS, build_model
@@ -169,7 +171,7 @@ def test_sparse_storage_is_smaller_and_runs(tmp_path):
     assert (tmp_path / "s.onnx").stat().st_size < len(proto.SerializeToString()) / 5
 
 
-@pytest.mark.parametrize("method", ["entropy", "percentile", "minmax"])
+@pytest.mark.parametrize("method", CALIB_METHODS)
 def test_every_calibration_method_gives_symmetric_per_channel_qdq(method, tmp_path):
     from gemdeploy.calibration.int8 import qdq_report, quantize_int8
 
@@ -469,7 +471,7 @@ def _trt_missing() -> str | None:
 
 
 @pytest.mark.skipif(_trt_missing() is not None, reason=f"TensorRT engine build needs it: {_trt_missing()}")
-@pytest.mark.parametrize("precision", ["fp16", "int8"])
+@pytest.mark.parametrize("precision", [p for p in PRECISIONS.names() if PRECISIONS.get(p).engine and p != "fp32"])
 def test_tensorrt_engine_build_with_sparse_weights(lenet_run, tmp_path, precision):
     run = _copy_without(lenet_run, tmp_path)
     cache = tmp_path / "timing.cache"

@@ -246,7 +246,7 @@ def exported(lenet_run, tmp_path_factory) -> Path:
 
 def test_cli_export_writes_a_verified_sparse_cpu_file(exported):
     from gemdeploy.compact.compaction import load_compacted_model
-    from gemdeploy.run.rundir import file_sha256
+    from gemdeploy.files import file_sha256
     from gemdeploy.run.artifacts import RunArtifacts
 
     out = exported / "export"

@@ -12,7 +12,7 @@ import torch
 
 from gemdeploy.exporters import onnx_export as ox
 from gemdeploy.exporters.config import ExportOptions
-from gemdeploy.run.rundir import file_sha256
+from gemdeploy.files import file_sha256
 
 
 @dataclass
@@ -61,6 +61,7 @@ class Precision:
     name = ""
     file = ""  # artifact name in RUN/export/
     engine = True  # `--trt` builds a TensorRT engine from it (False: a file for a CPU runtime)
+    runtime = "onnx"  # what runs the file: "onnx" (ONNX Runtime, TensorRT's parser) or "sparse-cpu"
 
     def export(self, job: ExportJob) -> dict:
         """Write ``job.stage / self.file``, verify it, return its sidecar (with ``test_acc``)."""

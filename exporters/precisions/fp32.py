@@ -7,6 +7,7 @@ from gemdeploy.exporters import layout
 from gemdeploy.exporters import onnx_export as ox
 from gemdeploy.exporters.precisions.base import ExportJob, Precision
 from gemdeploy.exporters.sparsity import onnx_24_report
+from gemdeploy.sparsity import PATTERNS
 
 
 class Fp32(Precision):
@@ -22,10 +23,9 @@ class Fp32(Precision):
                                                                    job.reference), "the fp32 ONNX")
         report24 = onnx_24_report(proto)
         sparsity_24 = {"eligible": len(report24), "sparse": sum(report24.values()), "tensors": report24}
-        if job.art.config.pattern == "2:4" and not all(report24.values()):
-            bad = next(k for k, v in report24.items() if not v)
-            raise GemdeployError(f"the 2:4 layout did not survive export: {sum(not v for v in report24.values())} "
-                                 f"of {len(report24)} eligible tensors are not 2:4 (e.g. {bad})")
+        lost = PATTERNS.get(job.art.config.pattern).export_error(report24)
+        if lost:
+            raise GemdeployError(lost)
         job.fp32_path, job.fp32_proto, job.exporter = path, proto, exporter
         job.fp32_acc = job.test_accuracy(path)
         job.log(f"fp32 ONNX verified: max |diff| {check['max_abs_diff']:.2g} (tolerance {check['tolerance']:.2g})")

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import onnx
 
+from gemdeploy.calibration.int8 import qdq_report, quantize_int8
+from gemdeploy.calibration.x86_emulation import INT16_MAX, max_abs_weight, pair_bound
 from gemdeploy.errors import GemdeployError
 from gemdeploy.exporters import layout
 from gemdeploy.exporters import onnx_export as ox
 from gemdeploy.exporters.precisions.base import ExportJob, Precision
+from gemdeploy.machine import describe_int8_cpu, int8_cpu
 
 CALIBRATION_ADVICE = "try --calib-method percentile or minmax, or more --calib-samples"
 CPU_FIX = ("for ONNX Runtime on CPU export --precision int8-cpu (7-bit weights: ONNX Runtime's INT8 kernels cannot "
@@ -89,10 +92,6 @@ class Int8(Precision):
     target = "TensorRT (explicit quantization); also runs on ONNX Runtime"
 
     def export(self, job: ExportJob) -> dict:
-        from gemdeploy.calibration.int8 import qdq_report, quantize_int8
-        from gemdeploy.calibration.x86_emulation import INT16_MAX, max_abs_weight, pair_bound
-        from gemdeploy.machine import describe_int8_cpu, int8_cpu
-
         opts = job.opts
         calib = job.data.sample_images(opts.calib_samples, "train").float().cpu()
         path = job.stage / self.file

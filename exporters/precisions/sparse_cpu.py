@@ -21,7 +21,7 @@ from gemdeploy.errors import GemdeployError
 from gemdeploy.exporters import layout
 from gemdeploy.exporters import onnx_export as ox
 from gemdeploy.exporters.precisions.base import ExportJob, Precision
-from gemdeploy.run.rundir import file_sha256
+from gemdeploy.files import file_sha256
 
 
 def check_against_torch(sparse_model, torch_model: torch.nn.Module, data) -> dict:
@@ -50,9 +50,10 @@ def check_against_torch(sparse_model, torch_model: torch.nn.Module, data) -> dic
 class SparseCpu(Precision):
     name = "sparse-cpu"
     file = layout.SPARSE_CPU
+    runtime = "sparse-cpu"  # gemdeploy.sparse_cpu runs it, not ONNX Runtime
 
     def export(self, job: ExportJob) -> dict:
-        from gemdeploy.sparse_cpu import build, runtime, tune
+        from gemdeploy.sparse_cpu import build, runtime, tune  # the class attribute `runtime` shadows the module
 
         started = time.perf_counter()
         shape = tuple(int(s) for s in job.art.input_shape)

@@ -15,17 +15,39 @@ import torch
 from gemdeploy.run.artifacts import RunArtifacts
 from gemdeploy.bench.backends import BACKENDS
 from gemdeploy.bench.backends.base import Runner
-from gemdeploy.bench.backends.pytorch import pytorch_model
 from gemdeploy.bench.config import BenchOptions
+from gemdeploy.compact.compaction import model_totals
+from gemdeploy.compact.deploy import Deployed, deployed_model
 from gemdeploy.errors import GemdeployError
+from gemdeploy.machine import gpu_info
+from gemdeploy.exporters.manifest import ExportManifest
+from gemdeploy.run import layout
+from gemdeploy.files import load_metadata
 from gemdeploy.stats import images_needed, judge, paired_difference, wilson_interval
 
 
 @dataclass
 class RunInfo:
+    """One run as bench sees it; backends ask it for what they run (never rebuild file names)."""
+
     name: str
     art: RunArtifacts
     summary: dict
+    _deployed: Deployed | None = None
+    _exports: ExportManifest | None = None
+
+    def deployed(self) -> Deployed:
+        """The model the run deploys (gemdeploy.compact.deploy decides), loaded once."""
+        if self._deployed is None:
+            self._deployed = deployed_model(self.art)
+        return self._deployed
+
+    @property
+    def exports(self) -> ExportManifest:
+        """The artifacts its export.json lists."""
+        if self._exports is None:
+            self._exports = ExportManifest.of(self.art.run.path)
+        return self._exports
 
 
 def open_runs(paths: list[Path]) -> list[RunInfo]:
@@ -60,10 +82,8 @@ def real_batch(test_images: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def size_info(run: RunInfo, path: Path, model_cache: dict) -> dict:
-    from gemdeploy.compact.compaction import model_totals
-
     if run.name not in model_cache:
-        model_cache[run.name] = model_totals(pytorch_model(run), run.art.input_shape)
+        model_cache[run.name] = model_totals(run.deployed().model, run.art.input_shape)
     return {**model_cache[run.name], "file_bytes": path.stat().st_size if path.is_file() else None}
 
 
@@ -141,17 +161,17 @@ def _measure(runs: list[RunInfo], opts: BenchOptions, threads: int, progress: Ca
     backends, skipped = choose_backends(opts)
     data = runs[0].art.data("cpu")
     test_images = data.sample_images(max(opts.batch_sizes), "test").float()
-    rows, cache = [], {}
+    rows, cache, gaps = [], {}, []
     load_before, started = load_average(), time.time()
     for run in runs:
         for backend in backends:
             items = backend.artifacts(run, threads)
-            if not items:
-                if opts.backend:
-                    raise GemdeployError(f"{run.art.run.path} has no {backend.needs} for {backend.name}; make it with "
-                                         f"`{backend.missing_hint(run)}`")
-                skipped.append({"backend": backend.name, "run": run.name,
-                                "reason": f"no artifact for it (`{backend.missing_hint(run)}`)"})
+            if not items:  # a gap: the other (run, backend) pairs are still measured
+                skipped.append({"backend": backend.name, "run": run.name, "needs": backend.needs,
+                                "make": backend.missing_hint(run),
+                                "reason": f"no {backend.needs} (`{backend.missing_hint(run)}`)"})
+                gaps.append(f"{run.art.run.path} has no {backend.needs} for {backend.name}; make it with "
+                            f"`{backend.missing_hint(run)}`")
             for item in items:
                 progress(f"{run.name}: {item.label} on {backend.name}")
                 runner = item.make()
@@ -168,13 +188,16 @@ def _measure(runs: list[RunInfo], opts: BenchOptions, threads: int, progress: Ca
                     rows.append({
                         "run": run.name, "method": run.summary["method"], "pattern": run.summary.get("pattern"),
                         "sparsity": run.summary["sparsity"], "backend": backend.name, "device": backend.device,
-                        "artifact": item.label, "precision": item.precision, "batch": batch, "test_acc": acc,
+                        "artifact": item.label, "source": item.source, "precision": item.precision, "batch": batch, "test_acc": acc,
                         "test_acc_ci": acc_ci, "test_images": int(len(outcomes)), "_correct": outcomes,
                         "latency_ms": lat, "throughput_ips": batch / (lat["median"] / 1e3),
                         "iters": opts.iters, "warmup": opts.warmup,
                         "cpu_threads": threads if backend.device == "cpu" else None,
-                        **size_info(run, item.path, cache),
+                        "fp32_baseline_backend": backend.fp32_baseline,
+                        **size_info(run, item.path, cache), **runner.notes(batch),
                     })
+    if not rows and gaps:
+        raise GemdeployError(gaps[0])  # nothing at all to measure: say what would make the first pair measurable
     ref = _reference(runs)
     add_relative(rows, ref.name)
     for r in rows:
@@ -186,6 +209,7 @@ def _measure(runs: list[RunInfo], opts: BenchOptions, threads: int, progress: Ca
                       "imp_levels": imp_levels(r)} for r in runs],
             "reference": ref.name, "reference_is_dense": ref.summary["method"] == "dense",
             "rows": rows, "unavailable": skipped,
+            "gpu": gpu_info() if any(b.device == "cuda" for b in backends) else None,
             "options": {"batch_sizes": opts.batch_sizes, "backends": opts.backend or None, "iters": opts.iters,
                         "warmup": opts.warmup, "threads": threads, "threads_requested": opts.threads,
                         "noisy_spread": NOISY_SPREAD, "remeasure_factor": REMEASURE_FACTOR},
@@ -196,9 +220,6 @@ def _measure(runs: list[RunInfo], opts: BenchOptions, threads: int, progress: Ca
 def imp_levels(run: RunInfo) -> list[dict]:
     """Every IMP level a run saved (density, validation accuracy): the level files' metadata, else the ``imp``
     records of metrics.jsonl; empty for other methods."""
-    from gemdeploy.run import layout
-    from gemdeploy.run.rundir import load_metadata
-
     levels = {}
     folder = run.art.run / layout.IMP_LEVELS
     if Path(folder).is_dir():
@@ -228,7 +249,8 @@ def _reference(runs: list[RunInfo]) -> RunInfo:
 
 
 # Where a backend has no fp32 artifact of the reference run (the sparse runtime), its rows are compared with the
-# reference's fp32 on this backend of the same device.
+# reference's fp32 on the backend it names (``fp32_baseline``: fp16 CUDA graphs against fp32 eager PyTorch), else on
+# this backend of the same device.
 FP32_BASELINE_BACKEND = {"cpu": "onnxruntime-cpu", "cuda": "onnxruntime-cuda"}
 
 
@@ -243,8 +265,9 @@ def add_relative(rows: list[dict], ref: str) -> None:
     index = {(r["run"], r["backend"], r["precision"], r["batch"]): r for r in rows}
     for r in rows:
         base = index.get((ref, r["backend"], "fp32", r["batch"]))
-        if base is None and r["device"] in FP32_BASELINE_BACKEND:
-            base = index.get((ref, FP32_BASELINE_BACKEND[r["device"]], "fp32", r["batch"]))
+        fallback = r.get("fp32_baseline_backend") or FP32_BASELINE_BACKEND.get(r["device"])
+        if base is None and fallback:
+            base = index.get((ref, fallback, "fp32", r["batch"]))
         same = index.get((ref, r["backend"], r["precision"], r["batch"]))
         r["baseline"] = _label(ref, base) if base else None
         r["speedup_vs_dense_fp32"] = base["latency_ms"]["median"] / r["latency_ms"]["median"] if base else None

@@ -71,8 +71,8 @@ def print_table(result: dict, console: Console | None = None) -> None:
                               "interval); Δacc [95% paired interval]; ms: median and p10-p90 of "
                               f"the calls; {NOISY_MARK} noisy (p10-p90 > {opts['noisy_spread']:.0%} of the median "
                               "after a longer re-measurement)" if rows else None)
-        for col in ("run", "artifact", "batch", "acc", "ms", "p10-p90", f"vs {ref} fp32", "same prec.", "nonzeros",
-                    "KiB"):
+        for col in ("run", "artifact", "batch", "acc", "ms", "p10-p90", "p99", "img/s", f"vs {ref} fp32", "same prec.",
+                    "nonzeros", "KiB"):
             table.add_column(escape(col), justify="left" if col in ("run", "artifact") else "right", overflow="fold")
         for r in rows:
             lat = r["latency_ms"]
@@ -81,13 +81,20 @@ def print_table(result: dict, console: Console | None = None) -> None:
             table.add_row(escape(r["run"]), escape(r["artifact"]), str(r["batch"]),
                           _fmt_acc(r["test_acc"], r.get("test_acc_ci")),
                           f"[yellow]{ms}[/yellow]" if noisy else ms,
-                          f"{_fmt_ms(lat['p10'])}-{_fmt_ms(lat['p90'])}",
+                          f"{_fmt_ms(lat['p10'])}-{_fmt_ms(lat['p90'])}", _fmt_ms(lat["p99"]),
+                          f"{r['throughput_ips']:,.0f}",
                           _vs(r["speedup_vs_dense_fp32"], r["acc_delta_vs_dense_fp32"], noisy or r.get("baseline_noisy"),
                               r.get("acc_delta_vs_dense_fp32_ci")),
                           _vs(r["speedup_vs_dense_same_precision"], r["acc_delta_vs_dense_same_precision"],
                               noisy or r.get("baseline_same_precision_noisy"), r.get("acc_delta_vs_dense_same_precision_ci")),
                           f"{r['nonzero_params']:,}", "-" if r["file_bytes"] is None else f"{r['file_bytes'] / 1024:,.0f}")
         console.print(table)
+        for line in sparse24_lines(rows):
+            console.print(escape(line))
+    if result.get("gpu"):
+        from gemdeploy.machine import describe_gpu
+
+        console.print(f"GPU: {escape(describe_gpu(result['gpu']))}")
     if result["unavailable"]:
         na = Table(title="not measured")
         for col in ("backend", "run", "reason"):
@@ -98,6 +105,33 @@ def print_table(result: dict, console: Console | None = None) -> None:
     text = verdict(result)
     if text:
         console.print(text.replace("**", ""))
+
+
+def sparse24_lines(rows: list[dict]) -> list[str]:
+    """One line per row of the 2:4 backend: how many layers went sparse at that batch, and why the others did not."""
+    return [f"{r['run']} {r['artifact']}, {r['sparse24']['summary']}" for r in rows if r.get("sparse24")]
+
+
+def sparse24_markdown(rows: list[dict]) -> list[str]:
+    """Per run, the per-layer 2:4 verdict at every batch the 2:4 backend timed (one column per batch)."""
+    lines = []
+    for run in dict.fromkeys(r["run"] for r in rows if r.get("sparse24")):
+        mine = [r for r in rows if r["run"] == run and r.get("sparse24")]
+        layers = [v["layer"] for v in mine[0]["sparse24"]["layers"]]
+        shape = {v["layer"]: v["shape"] for v in mine[0]["sparse24"]["layers"]}
+        by = {(r["batch"], v["layer"]): v for r in mine for v in r["sparse24"]["layers"]}
+        lines += ["", f"#### {run}: 2:4 verdict per layer ({mine[0]['sparse24']['kernels']})", "",
+                  *[f"- {r['sparse24']['summary']}; max |logit diff| {r['sparse24']['max_abs_logit_diff']:.3g} "
+                    f"(scale {r['sparse24']['logit_scale']:.3g})" for r in mine], "",
+                  "| layer | shape | " + " | ".join(f"batch {r['batch']}" for r in mine) + " |",
+                  "|---|---|" + "---|" * len(mine)]
+        for name in layers:
+            cells = []
+            for r in mine:
+                v = by[(r["batch"], name)]
+                cells.append(("**sparse** " if v["sparse"] else "dense: ") + v["why"].replace("|", "/"))
+            lines.append(f"| {name} | {shape[name]} | " + " | ".join(cells) + " |")
+    return lines
 
 
 # --------------------------------------------------------------------------------------------- verdict
@@ -413,6 +447,7 @@ def write_outputs(result: dict, out: Path, machine: str, command: str | None = N
     import datetime
 
     import gemdeploy
+    from gemdeploy.machine import describe_gpu
 
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -427,6 +462,7 @@ def write_outputs(result: dict, out: Path, machine: str, command: str | None = N
              f"Command: `{command or 'gemdeploy bench'}`  ",
              f"Version: gemdeploy {gemdeploy.__version__} ({', '.join(f'{k} {v}' for k, v in result['versions'].items())})  ",
              f"Date: {stamp}  ", f"Machine: {machine}  ",
+             *([f"GPU: {describe_gpu(result['gpu'])}  "] if result.get("gpu") else []),
              f"Latency: {opts['warmup']} warm-up then {opts['iters']} timed calls per measurement on real test images; "
              f"CPU backends on {opts['threads']} thread{'s' if opts['threads'] != 1 else ''}"
              f"{' (the default: steady numbers on a shared machine; --threads sets it)' if opts.get('threads_requested') == 1 else ''}; "
@@ -480,6 +516,7 @@ def write_outputs(result: dict, out: Path, machine: str, command: str | None = N
                 f"{_fmt_ms(lat['median'])}{flag} | {_fmt_ms(lat['p10'])}-{_fmt_ms(lat['p90'])} | {_fmt_ms(lat['p99'])} | "
                 f"{lat['calls']}{' (re-measured)' if lat.get('remeasured') else ''} | {r['throughput_ips']:,.0f} | "
                 f"{r['nonzero_params']:,} | {nbytes} |")
+        lines += sparse24_markdown(rows)
     noisy = [r for r in result["rows"] if r["latency_ms"].get("noisy")]
     if noisy:
         lines += ["", f"{len(noisy)} of {len(result['rows'])} measurements stayed noisy after re-measuring (the machine "

@@ -1,4 +1,4 @@
-"""Physical compaction of a fine-tuned ticket: dead and unread channels removed (gemdeploy.compact.channels), the
+"""Physical compaction of a fine-tuned ticket: dead and unread channels removed (gemdeploy.sparsity.channels), the
 remaining sparse weights stored so the file tracks the nonzeros (gemdeploy.compact.sparse_store).
 
 The run directory gets
@@ -19,9 +19,10 @@ from torch import nn
 
 from gemdeploy.run import layout
 from gemdeploy.run.artifacts import RunArtifacts
-from gemdeploy.compact.channels import ChannelAnalysisError, compact_channels, replay_steps
+from gemdeploy.sparsity.channels import ChannelAnalysisError, compact_channels, replay_steps
 from gemdeploy.errors import GemdeployError
 from gemdeploy.models import load_weights
+from gemdeploy.sparsity import PATTERNS
 from gemdeploy.sparsity.masks import PRUNABLE_TYPES
 from gemdeploy.sparsity.nm import nm_eligible_layers, parse_nm, satisfies_nm
 from gemdeploy.compact.sparse_store import load_sparse, save_sparse
@@ -112,8 +113,8 @@ def compact_run(artifacts: RunArtifacts, round_to: int) -> dict:
     mask.check_matches(model)
     mask.apply_(model)  # the ticket's pruned weights are zero by construction; make sure of it
     n, m = parse_nm(artifacts.config.nm)
-    # A 2:4 ticket's pattern must survive: channel removal may not shift its groups of M.
-    keep_nm = (n, m) if artifacts.config.pattern == "2:4" else None
+    # An N:M ticket's groups must survive: channel removal may not shift them.
+    keep_nm = PATTERNS.get(artifacts.config.pattern).compaction_constraint(artifacts.config.nm)
     left_whole = None
     try:
         compacted, steps = compact_model(model, shape, round_to, keep_nm)
@@ -141,6 +142,19 @@ def compact_run(artifacts: RunArtifacts, round_to: int) -> dict:
     }
     run.write_json(RECORD, record)
     return record
+
+
+def compact_stage(artifacts: RunArtifacts, round_to: int, overwrite: bool = False) -> dict:
+    """The compact stage as every caller runs it (`mine`'s last step, `gemdeploy compact`, Run.compact): the record
+    in place when it was made with the same ``round_to`` (skipped: done), a refusal for another ``round_to``
+    unless ``overwrite``, else a new compaction."""
+    if artifacts.run.has(RECORD) and artifacts.run.has(WEIGHTS) and not overwrite:
+        old = artifacts.run.read_object(RECORD, {"before": dict, "after": dict, "file_bytes": dict})
+        if old.get("round_to") != round_to:
+            raise GemdeployError(f"{artifacts.run.path} is already compacted with --round-to {old.get('round_to')}; "
+                                 f"pass --overwrite to redo it with --round-to {round_to}")
+        return old
+    return compact_run(artifacts, round_to)
 
 
 def load_record(artifacts: RunArtifacts) -> dict:

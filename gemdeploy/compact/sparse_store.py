@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from gemdeploy.errors import GemdeployError
-from gemdeploy.run.rundir import load_metadata, load_tensors, save_tensors
+from gemdeploy.files import load_metadata, load_tensors, save_tensors
 
 FORMAT = "gemdeploy-sparse-v1"
 

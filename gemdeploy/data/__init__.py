@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from gemdeploy.registry import Registry
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the table below is read by --help: implementations (torch) load only when a set is loaded
     from gemdeploy.data.splits import DataBundle
 
 _SETS = "gemdeploy.data.sets"

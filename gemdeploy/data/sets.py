@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gemdeploy.data.cifar import find_layout, read_cifar
 from gemdeploy.data.splits import DataBundle, LoaderSplit, TensorSplit
 from gemdeploy.errors import GemdeployError
 
@@ -49,8 +50,6 @@ def digits(data_dir=None, download=False) -> DataBundle:
 
 
 def _cifar(name: str, num_classes: int, data_dir: Path | None, download: bool) -> DataBundle:
-    from gemdeploy.data.cifar import find_layout, read_cifar
-
     if data_dir is None:
         raise GemdeployError(f"{name} needs --data-dir (a folder with the standard CIFAR batches, or add --download)")
     if not data_dir.is_dir() and not download:

@@ -16,6 +16,7 @@ from gemdeploy.errors import GemdeployError
 from gemdeploy.mine.context import RunContext
 from gemdeploy.mine.health import ticket_warnings
 from gemdeploy.mine.methods import METHODS
+from gemdeploy.mine.methods.nm_projection import NMProjection
 from gemdeploy.models import model_for
 from gemdeploy.models.user import check_model
 from gemdeploy.progress import Reporter
@@ -24,7 +25,7 @@ from gemdeploy.run.config import MineConfig
 from gemdeploy.run.rundir import RunDir
 from gemdeploy.sparsity.masks import Mask
 from gemdeploy.train import distributed as dist
-from gemdeploy.train.init import given_weights, initialize
+from gemdeploy.models.init import given_weights, initialize
 from gemdeploy.train.loop import Hardware, evaluate
 from gemdeploy.train.masked import train_masked
 from gemdeploy.train.phase import clear_checkpoint
@@ -36,7 +37,7 @@ def prepare(cfg: MineConfig, *, init_needed: bool = True) -> tuple[Hardware, Dat
     """Load the data onto the device: everything that can fail on bad input, before the run directory is touched
     (a user's model is built and tried on the data's shape, and --init-from weights are checked against it unless
     the run already holds its initial weights: ``init_needed=False``)."""
-    hw = Hardware.resolve(cfg.device, cfg.compile)
+    hw = Hardware.resolve(cfg.device, cfg.compile, cuda_graph=cfg.cuda_graph)
     data = data_for(cfg, download=cfg.download)
     check_init = init_needed and cfg.init_from is not None
     if is_spec(cfg.model) or check_init:
@@ -89,13 +90,19 @@ def check_resumable(saved: MineConfig, world_size: int) -> None:
                              f"resume it with the same number (now {world_size})")
 
 
+def ticket_method(cfg: MineConfig):
+    """What finds this run's ticket: the N:M projection of the run it starts from (`compact --pattern 2:4`), else
+    its --method."""
+    return NMProjection() if cfg.projected_from else METHODS.get(cfg.method)()
+
+
 def find_ticket(ctx: RunContext, method) -> tuple[Mask, dict]:
     run = ctx.run
     if run.has(layout.MASK) and run.has(layout.TICKET):
         return Mask.load(run / layout.MASK), run.read_object(layout.TICKET, {"time_to_ticket_s": float})
     t0 = time.perf_counter()
     ticket = method.find_ticket(ctx)
-    prior = ticket.info.get("mining_seconds")
+    prior = ticket.info.get("time_to_ticket_s", ticket.info.get("mining_seconds"))
     info = {**ticket.info, "time_to_ticket_s": prior if prior is not None else time.perf_counter() - t0}
     dist.check_agreement(ticket.mask, "ticket mask")
     if ticket.scores is not None:
@@ -136,7 +143,10 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
                                   # a user's model keeps its BatchNorm as it defines it
                                   "affine_bn": None if is_spec(cfg.model) else False})
     ctx = RunContext(cfg, data, hw, run, reporter, initial_state(cfg, run, data), resume=resume)
-    method = METHODS.get(cfg.method)()
+    kernels24 = sparse24_benefit(ctx) if cfg.pattern == "2:4" else None
+    if kernels24:
+        reporter.log(kernels24["line"])
+    method = ticket_method(cfg)
     try:
         mask, ticket_info = find_ticket(ctx, method)
         model, ft_info = train_ticket(ctx, method, mask)
@@ -159,25 +169,35 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
         "epochs": cfg.epochs, "finetune_epochs": cfg.finetune_epochs,
         "ticket_epochs": ticket_info.get("training_epochs", 0),
         "ticket_training": {"starts_from": ft_info.get("starts_from"), "recipe": ft_info.get("recipe")},
-        "device": str(hw.device), "world_size": dist.world_size(),
+        "device": str(hw.device), "layout": hw.describe(), "world_size": dist.world_size(),
         "ticket": {k: v for k, v in ticket_info.items() if k != "time_to_ticket_s"},
         "compaction": compaction,
     }
+    if kernels24:
+        summary["sparse24_kernels"] = {k: v for k, v in kernels24.items() if k != "layers"}
     summary["warnings"] = ticket_warnings(summary, mask, data.num_classes, ticket_info.get("mined_val_acc")) \
         if data.real else []
     run.write_json(layout.SUMMARY, summary)
     return summary
 
 
+def sparse24_benefit(ctx: RunContext) -> dict:
+    """Which layers of a --pattern 2:4 ticket 2:4 sparse GPU kernels could ever speed up: the layers the pattern
+    covers, whose GEMM shapes the kernels take (said up front, before mining)."""
+    from gemdeploy.sparsity.kernels24 import model_benefit
+    from gemdeploy.sparsity.nm import nm_eligible_layers, parse_nm
+
+    model = ctx.fresh_model()
+    covered = nm_eligible_layers(model, parse_nm(ctx.config.nm)[1])
+    holds = {name: f"{name}.weight" in covered for name, _ in model.named_modules()}
+    return model_benefit(model, ctx.data.input_shape, holds, not_holding="outside the 2:4 pattern (first or grouped conv)")
+
+
 def _compact(cfg: MineConfig, run: RunDir) -> dict:
     """Compact the fine-tuned ticket into the run directory; returns the record's totals for summary.json."""
-    from gemdeploy.compact.compaction import compact_run
+    from gemdeploy.compact.compaction import compact_stage
     from gemdeploy.run.artifacts import RunArtifacts
 
-    if run.has(layout.COMPACT_RECORD) and run.has(layout.COMPACT_WEIGHTS):
-        record = run.read_object(layout.COMPACT_RECORD, {"before": dict, "after": dict, "file_bytes": dict,
-                                                         "round_to": int})
-    else:
-        record = compact_run(RunArtifacts.open(run.path), cfg.round_to)
+    record = compact_stage(RunArtifacts.open(run.path), cfg.round_to)  # skipped when a resumed run has it
     return {"before": record["before"], "after": record["after"], "file_bytes": record["file_bytes"],
             "round_to": record["round_to"], "channels_left_whole": record.get("channels_left_whole")}

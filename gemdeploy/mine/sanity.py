@@ -31,7 +31,7 @@ from gemdeploy.run import layout
 from gemdeploy.run.artifacts import RunArtifacts
 from gemdeploy.run.rundir import RunDir, sweep_debris
 from gemdeploy.sparsity.masks import Mask
-from gemdeploy.train.init import initialize
+from gemdeploy.models.init import initialize
 from gemdeploy.train.loop import Hardware, evaluate
 from gemdeploy.train.masked import train_masked
 from gemdeploy.train.phase import clear_checkpoint

@@ -34,7 +34,7 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, 
     ``torchvision:name``, ``python:NAME`` from gemdeploy.api; see gemdeploy.user_code) whose defining file is
     checked against ``sha256`` when a run recorded one. ``affine_bn`` applies to the built-in models only: a user's
     model keeps its BatchNorm as it defines it."""
-    from gemdeploy.user_code import is_spec
+    from gemdeploy.user_code import is_spec  # the table above is read by --help: implementations load when used
 
     if is_spec(name):
         from gemdeploy.models.user import build_user_model

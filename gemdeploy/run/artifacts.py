@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from gemdeploy.errors import GemdeployError
+from gemdeploy.data import data_for
 from gemdeploy.models import load_weights, model_for
 from gemdeploy.run import layout
 from gemdeploy.run.config import MineConfig
@@ -86,8 +87,6 @@ class RunArtifacts:
         return self.run.read_object(layout.SUMMARY, SUMMARY_SCHEMA)
 
     def data(self, device: torch.device | str = "cpu"):
-        from gemdeploy.data import data_for
-
         try:
             return data_for(self.config).to(torch.device(device))
         except GemdeployError as exc:

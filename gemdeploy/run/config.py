@@ -16,13 +16,15 @@ from pathlib import Path
 from gemdeploy import user_code
 from gemdeploy.data import DATASETS
 from gemdeploy.errors import GemdeployError
-from gemdeploy.mine.methods import METHODS
+from gemdeploy.files import file_sha256
+from gemdeploy.files import state_sha256
+from gemdeploy.models.init import live_init_state
 from gemdeploy.models import MODELS
+from gemdeploy.models.init import INITS
 from gemdeploy.options import at_least, greater_than, in_range, option, optional, validate
-from gemdeploy.run.rundir import file_sha256
-from gemdeploy.train.init import INITS
+from gemdeploy.registry import METHODS
+from gemdeploy.sparsity import PATTERNS
 
-PATTERNS = ("unstructured", "2:4", "channel")
 SCHEDULES = ("step", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -56,8 +58,6 @@ def init_weights_sha256(init_from: str | None) -> str | None:
     if init_from is None:
         return None
     if user_code.is_live(init_from):
-        from gemdeploy.train.init import live_init_state, state_sha256
-
         return state_sha256(live_init_state(init_from))
     return file_sha256(init_from)
 
@@ -81,7 +81,7 @@ class MineConfig:
     sparsity: float = option(0.986, "Fraction of prunable weights removed, in [0, 1): 0.986 keeps 1.4%.",
                              check=in_range(0, 1, hi_open=True))
     pattern: str = option("unstructured", "Sparsity pattern: 2:4 is N:M from --nm along input channels; with channel, "
-                          "--sparsity is the fraction of channels removed.", choices=lambda: list(PATTERNS), kind="pattern")
+                          "--sparsity is the fraction of channels removed.", choices=PATTERNS.names, kind="pattern")
     nm: str = option("2:4", "N:M for --pattern 2:4: keep at most N of every M consecutive input channels.",
                      check=_nm_check)
     channel_sparsity: float | None = option(None, "Gem-Miner: first remove this fraction of the channels (a channel "
@@ -126,6 +126,9 @@ class MineConfig:
     seed: int = option(0, "Random seed (runs are deterministic on CPU).")
     device: str = option("auto", "auto, cpu, cuda or cuda:N.", check=_device_check)
     compile: bool = option(False, "torch.compile the training step.")
+    cuda_graph: bool = option(False, "CUDA: capture the whole training step (forward, backward, SGD, projection) in "
+                              "one CUDA graph per phase and replay it every batch: far fewer kernel launches, the "
+                              "bound of small networks on a GPU. Not with --compile or several processes.")
     data_dir: str | None = option(None, "Where cifar10 / cifar100 / imagefolder data lives (also passed to your "
                                   "data factory when it takes data_dir).")
     image_size: int | None = option(None, "imagefolder: the side images are resized and cropped to (default 224).",
@@ -173,14 +176,18 @@ class MineConfig:
     def resolve(self, world_size: int = 1, train_size: int | None = None) -> "MineConfig":
         """The config that runs: reference defaults filled in for everything left at None. ``train_size`` (the
         training split's length) places IMP's default rewind point; without it the rewind stays unresolved."""
-        from gemdeploy.mine.recipes import imp_reference, paper_lambda
-
         self.validate()
         method = METHODS.get(self.method)
-        if self.pattern not in method.patterns:
+        # A run projected to N:M (`compact --pattern 2:4 --out`) keeps its source's method, which need not mine N:M.
+        projected_nm = self.projected_from is not None and PATTERNS.get(self.pattern).groups(self.nm) is not None
+        if self.pattern not in method.patterns and not projected_nm:
             raise GemdeployError(f"method {self.method} does not support --pattern {self.pattern} "
                                  f"(it supports: {', '.join(method.patterns)})")
-        ref = imp_reference(self.model)
+        # Each method fills in its own options; every method is asked, so config.json records every reference
+        # value (an IMP option of a Gem-Miner run too), as it always has.
+        defaults = {}
+        for name in METHODS.names():
+            defaults.update(METHODS.get(name).option_defaults(self, train_size))
         return dataclasses.replace(
             self,
             # Your own model's factory and weights are pinned: a later rebuild refuses a file that moved or changed.
@@ -191,16 +198,8 @@ class MineConfig:
                        else str(Path(self.init_from).resolve())),
             init_sha256=self.init_sha256 or init_weights_sha256(self.init_from),
             init=None if self.init_from is not None else self.init or method.default_init,
-            lam=paper_lambda(self.density) if self.lam is None else self.lam,
-            freeze_period=self.freeze_period or max(1, round(5 * self.epochs / 150)),
-            imp_lr=ref.recipe.lr if self.imp_lr is None else self.imp_lr,
-            imp_momentum=ref.recipe.momentum if self.imp_momentum is None else self.imp_momentum,
-            imp_weight_decay=ref.recipe.weight_decay if self.imp_weight_decay is None else self.imp_weight_decay,
-            imp_schedule=self.imp_schedule or ref.recipe.schedule,
-            imp_rewind_iter=(self.imp_rewind_iter if self.imp_rewind_iter is not None or train_size is None
-                             else ref.rewind_for(self.epochs * max(1, train_size // self.batch_size))),
-            imp_prune_output=ref.prune_output if self.imp_prune_output is None else self.imp_prune_output,
             world_size=world_size,
+            **defaults,
         )
 
     def to_json(self) -> dict:

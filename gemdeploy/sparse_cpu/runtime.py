@@ -585,7 +585,7 @@ class SparseModel:
         self._ms_per_image = self._estimate_ms_per_image()
         self._torch = None
         if engine == "torch":
-            from gemdeploy.sparse_cpu.torch_engine import TorchEngine
+            from gemdeploy.sparse_cpu.torch_engine import TorchEngine  # torch: only for engine='torch'
 
             self._torch = TorchEngine(threads)
             for op in self.ops:

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gemdeploy.files import load_tensors, save_tensors
+
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 
 
@@ -62,15 +64,26 @@ class Mask(dict):
                 raise ValueError(f"mask {k} has shape {tuple(self[k].shape)}, the weight {tuple(w.shape)}")
 
     def save(self, path: str | Path) -> None:
-        from gemdeploy.run.rundir import save_tensors
-
         save_tensors(path, {k: v.to(torch.uint8) for k, v in self.items()})
 
     @classmethod
     def load(cls, path: str | Path) -> "Mask":
-        from gemdeploy.run.rundir import load_tensors
-
         return cls({k: v.float() for k, v in load_tensors(path).items()})
+
+
+def set_flat_(t: torch.Tensor, index: torch.Tensor, value: float = 1.0) -> torch.Tensor:
+    """``t.flatten()[index] = value`` in place, whatever ``t``'s memory layout.
+
+    ``index`` counts in the logical (row-major) order that ``flatten()`` and scores use. A channels_last tensor
+    (every mask made ``*_like`` a CUDA conv weight) has no flat view, and ``reshape(-1)``/``flatten()`` would
+    quietly write into a copy, so every write of flat positions into a mask goes through here."""
+    if t.is_contiguous():
+        t.view(-1)[index] = value
+    else:
+        flat = t.flatten()
+        flat[index] = value
+        t.copy_(flat.view(t.shape))
+    return t
 
 
 def keep_count(total: int, density: float) -> int:

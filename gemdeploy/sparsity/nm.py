@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from gemdeploy.errors import GemdeployError
+from gemdeploy.sparsity.masks import PRUNABLE_TYPES
 
 
 def parse_nm(text: str) -> tuple[int, int]:
@@ -63,11 +64,20 @@ def nm_mask_from_scores(scores: torch.Tensor, n: int, m: int, active: torch.Tens
     return _ungrouped(keep, scores.shape).contiguous()
 
 
+def nm_layout(model: nn.Module, n: int, m: int) -> dict[str, bool]:
+    """Every layer a sparse-weight kernel could take (ungrouped Conv2d and Linear whose input channels are a
+    multiple of ``m``) -> whether its weight holds N:M (TensorRT's candidates, the first conv included)."""
+    out = {}
+    for name, mod in model.named_modules():
+        if (isinstance(mod, nn.Conv2d) and mod.groups == 1 and mod.in_channels % m == 0) or \
+                (isinstance(mod, nn.Linear) and mod.in_features % m == 0):
+            out[name] = satisfies_nm(mod.weight.detach(), n, m)
+    return out
+
+
 def nm_eligible_layers(model: nn.Module, m: int) -> set[str]:
     """Names of the prunable weights that get the N:M pattern: ungrouped convs and Linears whose input channels
     are a multiple of M, except the first conv (its few input channels carry the whole image)."""
-    from gemdeploy.sparsity.masks import PRUNABLE_TYPES
-
     names, first_seen = set(), False
     for name, mod in model.named_modules():
         if not isinstance(mod, PRUNABLE_TYPES):

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from gemdeploy.sparsity.masks import Mask
+from gemdeploy.sparsity.masks import Mask, set_flat_
 
 
 def break_ties(s: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -40,7 +40,7 @@ def global_topk(scores: dict[str, torch.Tensor], keep: int, *, eligible: dict[st
         n = min(min_per_layer, int(torch.isfinite(s).sum()))
         if n:
             top = torch.topk(s, n).indices
-            mask[k].view(-1)[top] = 1.0
+            set_flat_(mask[k], top)
             s = s.clone()
             s[top] = -math.inf
         reserved.append(s)
@@ -52,6 +52,6 @@ def global_topk(scores: dict[str, torch.Tensor], keep: int, *, eligible: dict[st
         offset = 0
         for k, s in zip(names, reserved):
             sel = top[(top >= offset) & (top < offset + s.numel())] - offset
-            mask[k].view(-1)[sel] = 1.0
+            set_flat_(mask[k], sel)
             offset += s.numel()
     return mask

@@ -23,7 +23,7 @@ from gemdeploy.user_code import is_spec
 class MaskedModel:
     """Keeps ``mask`` applied to ``model``'s prunable weights through training (and, with ``extra``, to other
     parameters: the biases and BatchNorm affine parameters of channels the ticket kills, see
-    gemdeploy.compact.channels.killed_channel_params)."""
+    gemdeploy.sparsity.channels.killed_channel_params)."""
 
     def __init__(self, model: nn.Module, mask: Mask, extra: dict[str, torch.Tensor] | None = None):
         try:
@@ -66,7 +66,7 @@ def train_masked(ctx: Any, mask: Mask, model: nn.Module, *, phase: str, epochs: 
     if is_spec(ctx.config.model):
         # A user's model may carry biases and affine BatchNorm (the built-in models have neither where a channel
         # can die): a channel the ticket kills loses them too, so compaction can remove it.
-        from gemdeploy.compact.channels import killed_channel_params
+        from gemdeploy.sparsity.channels import killed_channel_params  # torch_pruning loads only when needed
 
         extra = killed_channel_params(model, tuple(ctx.data.input_shape), mask)
     masked = MaskedModel(model, mask, extra)

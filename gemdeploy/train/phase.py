@@ -21,9 +21,10 @@ from torch import nn
 
 from gemdeploy.models import load_weights
 from gemdeploy.run import layout
-from gemdeploy.run.rundir import RunDir, load_metadata
+from gemdeploy.run.rundir import RunDir
+from gemdeploy.files import load_metadata
 from gemdeploy.train import distributed as dist
-from gemdeploy.train.loop import EpochStats, evaluate, set_lr, train_epoch
+from gemdeploy.train.loop import EpochStats, current_lr, evaluate, make_step, set_lr, train_epoch
 
 
 @dataclass
@@ -120,19 +121,22 @@ def run_phase(ctx: Any, phase: Phase) -> PhaseResult:
         return already + time.perf_counter() - began
 
     forward = phase.forward or phase.module
+    # One step for the whole phase: with hw.cuda_graph it is captured once (after the checkpoint is restored, so it
+    # holds the restored tensors) and replayed every batch of every epoch.
+    step = make_step(forward, phase.optimizer, hw, phase.penalty, phase.after_step)
     ctx.reporter.start(phase.name, phase.epochs, start)
     val = None
     for epoch in range(start, phase.epochs):
         set_lr(phase.optimizer, phase.lr(epoch))
         phase.module.train()
         stats = train_epoch(forward, phase.optimizer, ctx.data.train, hw, epoch=epoch, seed=phase.seed,
-                            batch_size=phase.batch_size, penalty=phase.penalty, after_step=phase.after_step)
+                            batch_size=phase.batch_size, step=step)
         if phase.end_of_epoch is not None:
             phase.end_of_epoch(epoch + 1)
         phase.module.eval()
         val = evaluate(phase.module, ctx.data.val, hw)
         density = phase.density()
-        run.append_metrics({"phase": phase.name, "epoch": epoch + 1, "lr": phase.optimizer.param_groups[0]["lr"],
+        run.append_metrics({"phase": phase.name, "epoch": epoch + 1, "lr": current_lr(phase.optimizer),
                             "loss": stats.loss, "train_acc": stats.acc, "val_acc": val.acc, "val_loss": val.loss,
                             "density": density, "images_per_s": stats.images_per_s, "time_s": elapsed(),
                             **(phase.record() if phase.record else {}), **phase.fixed})

@@ -19,6 +19,7 @@ class Artifact:
     label: str  # "torch compacted", "onnx int8", ...
     path: Path  # the file it runs (its size is reported)
     make: Callable[[], "Runner"]
+    source: str | None = None  # the model it was made from: "compacted" | "finetuned" (gemdeploy.compact.deploy)
 
 
 class Runner:
@@ -43,6 +44,10 @@ class Runner:
     def _timed_call(self, images: torch.Tensor) -> Callable[[], object]:
         return lambda: self.predict(images)
 
+    def notes(self, batch: int) -> dict:
+        """What the backend decided at ``batch`` beyond the timing (e.g. which layers went sparse), for bench.json."""
+        return {}
+
 
 def cuda_event_times(fn: Callable[[], object], iters: int, warmup: int) -> list[float]:
     for _ in range(warmup):
@@ -64,13 +69,15 @@ class Backend:
     device = "cpu"
     opt_in = False  # timed only when asked for by name (--backend)
     needs = "artifact"  # what it runs, for "RUN has no <needs>" messages
+    fp32_baseline: str | None = None  # where its rows find the dense fp32 row when it has none of its own
 
     def unavailable(self) -> str | None:
         """Why this backend cannot run here (None when it can)."""
         return None
 
     def artifacts(self, run, threads: int) -> list[Artifact]:
-        """What ``run`` (a bench RunInfo) offers this backend; empty when it has nothing for it."""
+        """What ``run`` (a bench RunInfo: ``run.deployed()``, ``run.exports``) offers this backend; empty when it
+        has nothing for it (bench lists that pair as a gap)."""
         raise NotImplementedError
 
     def missing_hint(self, run) -> str:

@@ -6,7 +6,6 @@ import numpy as np
 
 from gemdeploy.bench.backends.base import Artifact, Backend, Runner
 from gemdeploy.errors import GemdeployError
-from gemdeploy.exporters import layout
 from gemdeploy.exporters.precisions import PRECISIONS
 
 
@@ -66,13 +65,12 @@ class _Ort(Backend):
         return None
 
     def artifacts(self, run, threads):
-        folder = run.art.run / layout.EXPORT_DIR
         found = []
-        for p in PRECISIONS.names():
-            f = folder / PRECISIONS.get(p).file
-            if f.suffix == ".onnx" and f.is_file():
-                found.append(Artifact(p, f"onnx {p}", f,
-                                      lambda f=f: OrtRunner(f, self.device, self.provider, threads)))
+        for p in run.exports.precisions():
+            if PRECISIONS.get(p).runtime == "onnx":
+                f = run.exports.file(p)
+                found.append(Artifact(p, f"onnx {p}", f, lambda f=f: OrtRunner(f, self.device, self.provider, threads),
+                                      run.exports.record.get("source")))
         return found
 
 

@@ -1,26 +1,23 @@
-"""PyTorch backends: eager and torch.compile'd, CPU and CUDA; they run the compacted model when the run has one."""
+"""PyTorch backends: eager and torch.compile'd, CPU and CUDA; they run the model the run deploys (the compacted
+one unless compaction would break its 2:4 layout: gemdeploy.compact.deploy)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
 from gemdeploy.bench.backends.base import Artifact, Backend, Runner, cuda_event_times
-from gemdeploy.run import layout
 
 
-def pytorch_source(run) -> tuple[str, "object"]:
-    """Which PyTorch model a run offers: the compacted one when it has been compacted."""
-    if run.art.run.has(layout.COMPACT_RECORD):
-        return "compacted", run.art.run / layout.COMPACT_WEIGHTS
-    return "masked", run.art.run / layout.WEIGHTS
+def pytorch_source(run) -> tuple[str, Path]:
+    """Which PyTorch model a run offers ("compacted" | "finetuned") and its weights file: the one the run deploys."""
+    deployed = run.deployed()
+    return deployed.source, deployed.weights
 
 
 def pytorch_model(run) -> torch.nn.Module:
-    if pytorch_source(run)[0] == "compacted":
-        from gemdeploy.compact.compaction import load_compacted_model
-
-        return load_compacted_model(run.art)
-    return run.art.finetuned_model()
+    return run.deployed().model
 
 
 class TorchRunner(Runner):
@@ -56,9 +53,10 @@ class _Torch(Backend):
         return None
 
     def artifacts(self, run, threads):
-        label, path = pytorch_source(run)
+        source, path = pytorch_source(run)
+        label = "masked" if source == "finetuned" else source
         return [Artifact("fp32", f"torch {label}", path,
-                         lambda: TorchRunner(pytorch_model(run), self.device, self.compile))]
+                         lambda: TorchRunner(pytorch_model(run), self.device, self.compile), source)]
 
 
 class TorchCpu(_Torch):

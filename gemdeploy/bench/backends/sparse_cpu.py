@@ -4,13 +4,11 @@ the numpy + scipy engine (`sparse-cpu`) and, opt-in, the same graph with torch's
 from __future__ import annotations
 
 from gemdeploy.bench.backends.base import Artifact, Backend, Runner
-from gemdeploy.exporters import layout
+from gemdeploy.sparse_cpu import load
 
 
 class SparseCpuRunner(Runner):
     def __init__(self, path, threads: int, engine: str):
-        from gemdeploy.sparse_cpu import load
-
         self.model = load(path, threads=threads, engine=engine)
 
     def predict(self, images):
@@ -40,11 +38,11 @@ class SparseCpu(Backend):
         return None
 
     def artifacts(self, run, threads):
-        path = run.art.run / layout.EXPORT_DIR / layout.SPARSE_CPU
-        if not path.is_file():
+        path = run.exports.file("sparse-cpu")
+        if path is None:
             return []
         return [Artifact("sparse-cpu", f"sparse-cpu {self.engine}", path,
-                         lambda: SparseCpuRunner(path, threads, self.engine))]
+                         lambda: SparseCpuRunner(path, threads, self.engine), run.exports.record.get("source"))]
 
     def missing_hint(self, run):
         return f"gemdeploy export {run.art.run.path} --precision sparse-cpu"

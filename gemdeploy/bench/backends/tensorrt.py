@@ -9,9 +9,9 @@ import torch
 
 from gemdeploy.bench.backends.base import Artifact, Backend, Runner, cuda_event_times
 from gemdeploy.errors import GemdeployError
-from gemdeploy.exporters import layout
+from gemdeploy.exporters.tensorrt_build import cuda_status, tensorrt_status
 from gemdeploy.exporters.precisions import PRECISIONS
-from gemdeploy.run.rundir import read_object
+from gemdeploy.files import read_object
 
 
 class TensorRTRunner(Runner):
@@ -67,21 +67,19 @@ class TensorRT(Backend):
     needs = "TensorRT engine"
 
     def unavailable(self):
-        from gemdeploy.exporters.tensorrt_build import cuda_status, tensorrt_status
-
         trt, gpu = tensorrt_status(), cuda_status()
         if trt["available"] and gpu["available"]:
             return None
         return trt["reason"] or f"no CUDA GPU ({gpu['reason']})"
 
     def artifacts(self, run, threads):
-        folder = run.art.run / layout.EXPORT_DIR
         found = []
         for p in PRECISIONS.names():
-            plan = folder / layout.engine_file(p)
-            if plan.is_file():
-                side = read_object(plan.with_suffix(".json"), {"profile": dict})
-                found.append(Artifact(p, f"tensorrt {p}", plan, lambda f=plan, s=side: TensorRTRunner(f, s)))
+            plan = run.exports.engine(p)
+            if plan is not None:
+                side = read_object(run.exports.sidecar(plan), {"profile": dict})
+                found.append(Artifact(p, f"tensorrt {p}", plan, lambda f=plan, s=side: TensorRTRunner(f, s),
+                                      run.exports.record.get("source")))
         return found
 
     def missing_hint(self, run):

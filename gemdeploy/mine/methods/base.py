@@ -9,6 +9,7 @@ import torch
 from gemdeploy.mine.context import RunContext
 from gemdeploy.mine.recipes import finetune_recipe
 from gemdeploy.sparsity.masks import Mask
+from gemdeploy.sparsity.patterns import UNSTRUCTURED
 from gemdeploy.train.loop import Recipe
 
 
@@ -35,7 +36,13 @@ class Method:
     has_scores: bool = False  # saves scores.safetensors (sanity's invert ranks them)
     mines: bool = False  # has a mining loop: sanity's invert re-mines with the freezing order reversed
     default_init: str = "kaiming-normal"  # the reference's initialization
-    patterns: tuple[str, ...] = ("unstructured",)
+    patterns: tuple[str, ...] = (UNSTRUCTURED.name,)  # names in gemdeploy.sparsity.PATTERNS
+
+    @classmethod
+    def option_defaults(cls, cfg, train_size: int | None) -> dict:
+        """The reference values of this method's own options that ``cfg`` (a MineConfig) left at None, by field
+        name; MineConfig.resolve asks every method, so config.json records what would run."""
+        return {}
 
     def find_ticket(self, ctx: RunContext) -> Ticket:
         raise NotImplementedError

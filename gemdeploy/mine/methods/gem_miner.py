@@ -28,15 +28,19 @@ from torch.func import functional_call
 
 from gemdeploy.errors import GemdeployError
 from gemdeploy.train import distributed as dist
+from gemdeploy.train.flat import FlatLayout
 from gemdeploy.mine.context import RunContext
 from gemdeploy.run import layout
 from gemdeploy.train.masked import wrap_ddp
+from gemdeploy.train.masked import train_masked
 from gemdeploy.train.phase import Phase, clear_checkpoint, run_phase
 from gemdeploy.train.seeds import generator, seed_for
 from gemdeploy.sparsity.masks import Mask, keep_count, prunable_weights
 from gemdeploy.sparsity.topk import global_topk
 from gemdeploy.mine.methods.base import Method, Ticket
-from gemdeploy.sparsity.nm import nm_eligible_layers, nm_mask_from_scores, parse_nm
+from gemdeploy.mine.recipes import finetune_recipe, paper_lambda
+from gemdeploy.sparsity import PATTERNS
+from gemdeploy.sparsity.nm import nm_eligible_layers, nm_mask_from_scores
 from gemdeploy.train.loop import cosine_lr, maybe_compile, sgd
 
 THRESHOLD = 0.5
@@ -51,10 +55,15 @@ def straight_through_mask(scores: torch.Tensor, allowed: torch.Tensor | None = N
     return hard + scores - scores.detach()
 
 
-class _ScoresInUnitBox(nn.Module):
-    """What both scored networks share: the L2 penalty on ``self.scores`` and the projection onto [0, 1]."""
+class PerLayerScores(nn.Module):
+    """Scores held as one tensor per layer (or channel group): the L2 penalty on ``self.scores`` and the projection
+    onto [0, 1], a few operations per layer. ChannelScoredNetwork (few groups) keeps it; ScoredNetwork is flat."""
 
     scores: nn.ParameterList
+
+    def score_parameters(self) -> list[nn.Parameter]:
+        """What the optimizer trains."""
+        return list(self.scores)
 
     def l2_penalty(self) -> torch.Tensor:
         return sum((s * s).sum() for s in self.scores)
@@ -65,8 +74,14 @@ class _ScoresInUnitBox(nn.Module):
             s.clamp_(0.0, 1.0)
 
 
-class ScoredNetwork(_ScoresInUnitBox):
-    """Wraps a network whose weights are frozen; the trainable parameters are the scores."""
+class ScoredNetwork(nn.Module):
+    """Wraps a network whose weights are frozen; the trainable parameters are the scores.
+
+    Scores, flags and the frozen weights each live in one flat buffer (gemdeploy.train.flat), each layer's a view in
+    its weight's memory layout: the forward mask, the L2 penalty and the projection are a few operations on the
+    buffers, not a few per layer (on a GPU, launches bound the step). The network's own weight parameters become
+    views of the weight buffer, so its state dict still loads into what the forward pass reads.
+    """
 
     def __init__(self, net: nn.Module, generator: torch.Generator, nm: tuple[int, int] | None = None):
         super().__init__()
@@ -75,15 +90,42 @@ class ScoredNetwork(_ScoresInUnitBox):
         self.nm_layers = nm_eligible_layers(net, nm[1]) if nm else set()
         for p in net.parameters():
             p.requires_grad_(False)
-        self.names = list(prunable_weights(net))
         weights = prunable_weights(net)
-        self.scores = nn.ParameterList(
-            [nn.Parameter(torch.rand(weights[k].shape, generator=generator).to(weights[k].device)) for k in self.names])
-        for i, k in enumerate(self.names):
-            self.register_buffer(f"flag{i}", torch.ones_like(weights[k]))
+        self.names = list(weights)
+        frozen = [weights[k] for k in self.names]
+        if len({(w.device, w.dtype) for w in frozen}) != 1:
+            raise GemdeployError("Gem-Miner needs every prunable weight on one device and in one dtype")
+        self.layout = FlatLayout(frozen)
+        device = frozen[0].device
+        self._weights = self.layout.empty(device, frozen[0].dtype)
+        self.layout.fill(self._weights, frozen)
+        for w, view in zip(frozen, self.layout.views(self._weights)):
+            w.data = view
+        # U[0, 1] per layer, in layer order, from ``generator``: the same draws as one tensor per layer
+        scores = self.layout.empty(device)
+        self.layout.fill(scores, [torch.rand(w.shape, generator=generator) for w in frozen])
+        self.flat_scores = nn.Parameter(scores)
+        self.register_buffer("flat_flags", torch.ones(self.layout.numel, device=device))
+
+    @property
+    def scores(self) -> list[torch.Tensor]:
+        """Each layer's scores (views of the flat buffer, for reading)."""
+        return self.layout.views(self.flat_scores.detach())
 
     def flags(self) -> list[torch.Tensor]:
-        return [getattr(self, f"flag{i}") for i in range(len(self.names))]
+        """Each layer's flags (views of the flat buffer: writing one writes the buffer)."""
+        return self.layout.views(self.flat_flags)
+
+    def score_parameters(self) -> list[nn.Parameter]:
+        return [self.flat_scores]
+
+    def l2_penalty(self) -> torch.Tensor:
+        s = self.flat_scores
+        return (s * s).sum()
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        self.flat_scores.clamp_(0.0, 1.0)
 
     def _nm_allowed(self, name: str, scores: torch.Tensor, flag: torch.Tensor) -> torch.Tensor | None:
         """The N:M projection of the active weights' |p| in an eligible layer (None elsewhere)."""
@@ -91,19 +133,39 @@ class ScoredNetwork(_ScoresInUnitBox):
             return None
         return nm_mask_from_scores(scores.abs(), *self.nm, active=flag)
 
+    def _flat_allowed(self) -> torch.Tensor | None:
+        """The N:M projections of every eligible layer in one flat 0/1 tensor (None without N:M)."""
+        if not self.nm_layers:
+            return None
+        allowed = torch.ones_like(self.flat_flags)
+        for k, a, s, f in zip(self.names, self.layout.views(allowed), self.scores, self.flags()):
+            nm = self._nm_allowed(k, s, f)
+            if nm is not None:
+                a.copy_(nm)
+        return allowed
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ste = straight_through_mask(self.flat_scores, self._flat_allowed())
+        effective = self._weights * ste * self.flat_flags
+        return functional_call(self.net, dict(zip(self.names, self.layout.views(effective))), (x,))
+
+    def _apply(self, fn, recurse=True):
+        # .to() / .cuda() give the network new weight tensors: move the flat buffer the same way and make them its
+        # views again, so the forward pass never reads stale weights.
+        super()._apply(fn, recurse)
+        self._weights = fn(self._weights)
         weights = prunable_weights(self.net)
-        effective = {k: weights[k] * straight_through_mask(s, self._nm_allowed(k, s, f)) * f
-                     for k, s, f in zip(self.names, self.scores, self.flags())}
-        return functional_call(self.net, effective, (x,))
+        for k, view in zip(self.names, self.layout.views(self._weights)):
+            weights[k].data = view
+        return self
 
     def flag_mask(self) -> Mask:
         return Mask({k: f.detach().clone() for k, f in zip(self.names, self.flags())})
 
     def active_density(self) -> float:
         """Density of what the forward pass uses right now: 1[p > 0.5] * flag."""
-        kept = sum(int(((s > THRESHOLD) & (f > 0)).sum()) for s, f in zip(self.scores, self.flags()))
-        return kept / sum(s.numel() for s in self.scores)
+        kept = int(((self.flat_scores > THRESHOLD) & (self.flat_flags > 0)).sum())
+        return kept / self.layout.numel
 
     @torch.no_grad()
     def freeze_to(self, keep: int, reverse: bool = False) -> None:
@@ -130,13 +192,13 @@ class ScoredNetwork(_ScoresInUnitBox):
             f.copy_(new[k])
 
 
-class ChannelScoredNetwork(_ScoresInUnitBox):
+class ChannelScoredNetwork(PerLayerScores):
     """Gem-Miner over channels: one score per channel of each coupled channel group; a channel's score masks
     the matching output row of every producer (conv/linear) in its group. Same interface as ScoredNetwork."""
 
     def __init__(self, net: nn.Module, generator: torch.Generator, input_shape: tuple[int, ...]):
         super().__init__()
-        from gemdeploy.compact.channels import ChannelAnalysisError, analyze
+        from gemdeploy.sparsity.channels import ChannelAnalysisError, analyze  # torch_pruning: --pattern channel only
 
         self.net = net
         try:
@@ -232,7 +294,12 @@ class GemMiner(Method):
     has_scores = True
     mines = True  # sanity's invert check re-mines with the freezing order reversed
     default_init = "signed-constant"
-    patterns = ("unstructured", "2:4", "channel")
+    patterns = tuple(PATTERNS.names())
+
+    @classmethod
+    def option_defaults(cls, cfg, train_size):
+        return {"lam": paper_lambda(cfg.density) if cfg.lam is None else cfg.lam,
+                "freeze_period": cfg.freeze_period or max(1, round(5 * cfg.epochs / 150))}
 
     def find_ticket(self, ctx: RunContext) -> Ticket:
         if ctx.config.lam == "auto":
@@ -240,7 +307,8 @@ class GemMiner(Method):
         cfg = ctx.config
         gen = generator(cfg.seed, "scores")
         shape = tuple(ctx.data.input_shape)
-        if cfg.pattern == "channel":
+        pattern = PATTERNS.get(cfg.pattern)
+        if pattern.per_channel:
             scored = ChannelScoredNetwork(ctx.fresh_model(), gen, shape)
             mask, info = self._mine(ctx, scored, "mine", cfg.density)
             # Scores are per channel; what sanity checks need per weight is the mask itself.
@@ -248,7 +316,7 @@ class GemMiner(Method):
             return Ticket(mask.cpu(), None, info)
 
         channel_info = None
-        scored = ScoredNetwork(ctx.fresh_model(), gen, parse_nm(cfg.nm) if cfg.pattern == "2:4" else None)
+        scored = ScoredNetwork(ctx.fresh_model(), gen, pattern.groups(cfg.nm))
         if cfg.channel_sparsity is not None:
             # Stage 1: a channel ticket; stage 2 mines the weight pattern inside the kept channels.
             channels = self._channel_stage(ctx, shape)
@@ -257,7 +325,7 @@ class GemMiner(Method):
                     f.copy_(channels[k].to(f.device))
             channel_info = ctx.run.read_json(layout.CHANNEL_TICKET)
         mask, info = self._mine(ctx, scored, "mine", cfg.density)
-        if cfg.pattern == "2:4":
+        if scored.nm:
             info["nm"], info["nm_layers"] = cfg.nm, sorted(scored.nm_layers)
         if channel_info is not None:
             info["channel_sparsity"] = channel_info["channel_sparsity"]
@@ -270,9 +338,6 @@ class GemMiner(Method):
         """`--lam auto`: short runs on the validation split (a quarter of the mining and of the ticket training, each
         freezing down to the target) for every lambda of LAM_GRID, as the authors picked lambda by hand with a grid;
         the best validation accuracy wins (ties: the paper's value). The search counts towards time to ticket."""
-        from gemdeploy.mine.recipes import finetune_recipe, paper_lambda
-        from gemdeploy.train.masked import train_masked
-
         cfg = ctx.config
         e_mine, e_train = max(2, cfg.epochs // 4), max(1, cfg.finetune_epochs // 4)
         paper = paper_lambda(cfg.density)
@@ -338,7 +403,7 @@ class GemMiner(Method):
                 scored.freeze_to(schedule[done], reverse=reverse)
 
         result = run_phase(ctx, Phase(
-            name=phase, epochs=cfg.epochs, module=scored, optimizer=sgd(scored.scores, cfg.lr, cfg.momentum, 0.0),
+            name=phase, epochs=cfg.epochs, module=scored, optimizer=sgd(scored.score_parameters(), cfg.lr, cfg.momentum, 0.0),
             lr=lambda e: cosine_lr(cfg.lr, e, cfg.epochs), batch_size=cfg.batch_size,
             seed=seed_for(cfg.seed, "mining-data"), forward=maybe_compile(wrap_ddp(scored, ctx.hw), ctx.hw),
             penalty=lambda: lam * scored.l2_penalty(), after_step=scored.project_, end_of_epoch=end_of_epoch,

@@ -31,7 +31,7 @@ from gemdeploy.mine.context import RunContext
 from gemdeploy.mine.methods.base import Method, Ticket, TicketTraining
 from gemdeploy.mine.recipes import imp_recipe, imp_reference
 from gemdeploy.run import layout
-from gemdeploy.run.rundir import load_metadata, load_tensors, read_object
+from gemdeploy.files import load_metadata, load_tensors, read_object
 from gemdeploy.sparsity.masks import Mask, keep_count, prunable_weights
 from gemdeploy.sparsity.topk import global_topk
 from gemdeploy.train.masked import train_masked
@@ -82,6 +82,19 @@ class IterativeMagnitude(Method):
     """IMP; subclasses choose what each round and the ticket start from (rewound weights or the trained ones)."""
 
     rewind: bool = True
+
+    @classmethod
+    def option_defaults(cls, cfg, train_size):
+        ref = imp_reference(cfg.model)
+        return {
+            "imp_lr": ref.recipe.lr if cfg.imp_lr is None else cfg.imp_lr,
+            "imp_momentum": ref.recipe.momentum if cfg.imp_momentum is None else cfg.imp_momentum,
+            "imp_weight_decay": ref.recipe.weight_decay if cfg.imp_weight_decay is None else cfg.imp_weight_decay,
+            "imp_schedule": cfg.imp_schedule or ref.recipe.schedule,
+            "imp_rewind_iter": (cfg.imp_rewind_iter if cfg.imp_rewind_iter is not None or train_size is None
+                                else ref.rewind_for(cfg.epochs * max(1, train_size // cfg.batch_size))),
+            "imp_prune_output": ref.prune_output if cfg.imp_prune_output is None else cfg.imp_prune_output,
+        }
 
     # --- the rewind point ---------------------------------------------------------------------------
     def rewind_state(self, ctx: RunContext) -> tuple[dict[str, torch.Tensor], float]:

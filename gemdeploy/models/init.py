@@ -7,6 +7,7 @@ Biases start at zero in both.
 
 from __future__ import annotations
 
+# torch and the rest load inside the functions: the run's configuration imports INITS, and `--help` stays instant.
 import math
 
 INITS = ("signed-constant", "kaiming-normal")
@@ -42,15 +43,6 @@ def initialize(model, scheme: str):
 
 
 # --- starting from given weights (--init-from) ---------------------------------------------------------
-def state_sha256(state) -> str:
-    """sha256 of a state dict's safetensors encoding (weights given to gemdeploy.api rather than as a file)."""
-    import hashlib
-
-    from safetensors.torch import save
-
-    return hashlib.sha256(save({k: v.detach().contiguous().cpu() for k, v in state.items()})).hexdigest()
-
-
 def live_init_state(value: str) -> dict:
     """The state dict gemdeploy.api was given as initial weights (a ``python:NAME`` spec)."""
     import torch
@@ -72,8 +64,7 @@ def given_weights(init_from: str, sha256: str | None, model, model_name: str) ->
     import torch
 
     from gemdeploy.errors import GemdeployError
-    from gemdeploy.run.rundir import load_tensors
-    from gemdeploy.run.rundir import file_sha256
+    from gemdeploy.files import file_sha256, load_tensors
     from gemdeploy.user_code import is_live
 
     if is_live(init_from):
