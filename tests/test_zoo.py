@@ -20,11 +20,16 @@ from benchmarks import zoo  # noqa: E402
 ISSUE_MODELS = {"regnet": ("regnet_x_400mf", "channel"), "shufflenet": ("shufflenet_v2_x0_5", "channel"),
                 "mnasnet": ("mnasnet0_5", "channel"), "swin": ("swin_t", "channel")}
 SIZE = 32  # the smallest side most families take; the ones that need more are refused in one line, which is a pass
+# The heaviest families on 2 CPU cores (60-110 s each under load) are left to `python -m benchmarks.zoo`, so the whole
+# CI run stays under 20 minutes; every other family, and the issue's four, run here.
+CI_SKIPS = {"densenet", "vgg", "googlenet", "convnext", "wide_resnet"}
 
 
-def _plan() -> list[tuple[str, str]]:
+def _plan(ci: bool = False) -> list[tuple[str, str]]:
     plan = []
     for i, name in enumerate(zoo.family_representatives()):
+        if ci and zoo.family(name) in CI_SKIPS:
+            continue
         plan.append(ISSUE_MODELS.get(zoo.family(name), (name, zoo.PATTERNS[i % len(zoo.PATTERNS)])))
     return plan
 
@@ -46,7 +51,7 @@ def test_families_cover_the_whole_list():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model,pattern", _plan())
+@pytest.mark.parametrize("model,pattern", _plan(ci=True))
 def test_one_model_of_each_family_goes_through_or_is_refused_in_one_line(model, pattern, tmp_path):
     full = zoo.family(model) in ISSUE_MODELS
     walk = zoo.walk(model, pattern, tmp_path, size=SIZE, runner=in_process, exporter="torchscript",
