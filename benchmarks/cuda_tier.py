@@ -63,8 +63,8 @@ def parse_junit(path: Path) -> list[dict]:
             node = case.find(tag)
             if node is not None:
                 outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
-                message = (node.get("message") or node.text or "").strip().splitlines()[0][:200] if (
-                    node.get("message") or node.text) else ""
+                text = (node.get("message") or node.text or "").strip()
+                message = text.splitlines()[0][:200] if text else ""
                 break
         module = case.get("classname", "").rsplit(".", 1)[-1]
         results.append({"test": f"{module}::{case.get('name')}", "outcome": outcome,

@@ -36,6 +36,12 @@ def _precisions(backends: list[str]) -> list[str]:
     return sorted({p for b in backends for p in EXPORTS.get(b, [])})
 
 
+def _speedup(row: dict) -> float | None:
+    """A bench row's speed-up over the dense model's fp32, as bench defines it (the sparse runtime against ONNX
+    Runtime's), else over the dense model in the row's own precision."""
+    return row.get("speedup_vs_dense_fp32") or row.get("speedup_vs_dense_same_precision")
+
+
 def _summary(run: Path) -> dict | None:
     f = run / "summary.json"
     return json.loads(f.read_text()) if f.is_file() else None
@@ -140,8 +146,8 @@ class Tune:
         self._mine(out, method=self.opts.method, pattern=c.pattern, sparsity=c.sparsity, finetune_lr=c.finetune_lr)
         record = self.state["candidates"].setdefault(c.name, {**c.to_json(), "path": str(out)})
         record.setdefault("seconds", time.monotonic() - t0)
-        record["val_acc"] = _summary(out)["val_acc"]
-        record["weight_sparsity"] = _summary(out)["sparsity"]
+        summary = _summary(out)
+        record["val_acc"], record["weight_sparsity"] = summary["val_acc"], summary["sparsity"]
         return out
 
     def measure(self, dense: Path, names: list[str]) -> None:
@@ -166,13 +172,14 @@ class Tune:
         self.state.setdefault("dense", {}).update({
             "path": str(dense), "val_acc": _summary(dense)["val_acc"], "test_acc_by_backend": {
                 b: r["test_acc"] for b, r in dense_rows.items()},
-            "latency_ms": {b: r["latency_ms"]["median"] for b, r in dense_rows.items()}})
+            "latency_ms": {b: r["latency_ms"]["median"] for b, r in dense_rows.items()},
+            "speedup": {b: _speedup(r) for b, r in dense_rows.items()}})
         for n in names:
             rec = self.state["candidates"][n]
             rec["measured_in"] = str(folder / "bench.json")
             rec["backends"] = {}
             for row in by_run.get(n, []):
-                speedup = row.get("speedup_vs_dense_fp32") or row.get("speedup_vs_dense_same_precision")
+                speedup = _speedup(row)
                 rec["backends"][row["backend"]] = {
                     "latency_ms": row["latency_ms"]["median"], "p10_ms": row["latency_ms"]["p10"],
                     "p90_ms": row["latency_ms"]["p90"], "noisy": row["latency_ms"]["noisy"], "speedup": speedup,
@@ -185,24 +192,14 @@ class Tune:
         out = []
         dense = self.state.get("dense", {})
         for b, lat in dense.get("latency_ms", {}).items():
-            base = self._dense_baseline_latency(b)
             out.append({"name": "dense", "backend": b, "val_acc": dense["val_acc"], "latency_ms": lat,
-                        "speedup": base / lat if base else 1.0, "pattern": "dense", "sparsity": 0.0})
+                        "speedup": dense["speedup"].get(b) or 1.0, "pattern": "dense", "sparsity": 0.0})
         for name, rec in self.state["candidates"].items():
             for b, m in rec.get("backends", {}).items():
                 out.append({"name": name, "backend": b, "val_acc": rec["val_acc"], "latency_ms": m["latency_ms"],
                             "speedup": m["speedup"], "pattern": rec["pattern"], "sparsity": rec["sparsity"],
                             "finetune_lr": rec["finetune_lr"], "file_bytes": m.get("file_bytes")})
         return out
-
-    def _dense_baseline_latency(self, backend: str) -> float | None:
-        """The dense fp32 latency bench compares with: on this backend, or ONNX Runtime's for the sparse runtime."""
-        from gemdeploy.bench.measure import FP32_BASELINE_BACKEND
-
-        lat = self.state.get("dense", {}).get("latency_ms", {})
-        if backend in SPARSE_BACKENDS and FP32_BASELINE_BACKEND["cpu"] in lat:
-            return lat[FP32_BASELINE_BACKEND["cpu"]]
-        return lat.get(backend)
 
     def meets(self, name: str) -> bool:
         """Does any backend of candidate ``name`` meet the goal (for refinement)?"""
@@ -294,8 +291,6 @@ class Tune:
         plot(options, front, best, self.out / TUNE_PLOT)
         return self.state
 
-
-SPARSE_BACKENDS = ("sparse-cpu", "sparse-cpu-torch")
 
 
 def plot(options: list[dict], front: list[dict], best: dict, path: Path) -> None:
