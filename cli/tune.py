@@ -60,21 +60,30 @@ def print_result(result: dict) -> None:
     pick = result["pick"]
     front = {(o["name"], o["backend"]) for o in result["pareto_front"]}
     table = Table(title=f"gemdeploy tune: {result['goal']}")
-    for col in ("candidate", "backend", "val acc", "drop (pts)", "latency ms", "vs dense", "MB", ""):
+    for col in ("candidate", "backend", "val acc", "drop (pts)", "95% interval", "latency ms", "vs dense", "MB", ""):
         table.add_column(col, justify="left" if col in ("candidate", "backend", "") else "right")
     for o in sorted(result["options"], key=lambda o: (o["backend"], o["latency_ms"])):
         mark = ("pick " if (o["name"], o["backend"]) == (pick["name"], pick["backend"]) else "") + \
             ("front" if (o["name"], o["backend"]) in front else "")
         size = f"{o['file_bytes'] / 1e6:.2f}" if o.get("file_bytes") else "-"
+        interval = o.get("val_drop_interval")
         table.add_row(o["name"], o["backend"], f"{100 * o['val_acc']:.2f}%", f"{o['val_drop_points']:+.2f}",
-                      f"{o['latency_ms']:.3g}", f"{o['speedup']:.2f}x" if o.get("speedup") else "-", size, mark)
+                      f"{interval[0]:+.1f} to {interval[1]:+.1f}" if interval else "-", f"{o['latency_ms']:.3g}", f"{o['speedup']:.2f}x" if o.get("speedup") else "-", size, mark)
     console = Console()
     console.print(table)
     verdict = "Pick" if pick["meets_goal"] else "Goal not reached; closest"
     test = (f"test accuracy {100 * pick['pick_test_acc']:.2f}% vs dense {100 * pick['dense_test_acc']:.2f}% "
             f"on {pick['backend']}" if pick.get("pick_test_acc") is not None and pick.get("dense_test_acc") is not None
             else "test accuracy not measured (synthetic data)")
+    delta = pick.get("test_delta")
+    if delta:
+        test += (f" ({100 * delta['delta']:+.2f} points, 95% interval {100 * delta['low']:+.2f} to "
+                 f"{100 * delta['high']:+.2f}, paired on {delta['n']} images)")
     console.print(f"[bold]{verdict}: {pick['name']} on {pick['backend']}[/bold] ({pick['path']}): {pick['why']}; {test}.")
+    if pick.get("resolution"):
+        console.print(f"[yellow]Too few images to be sure: {pick['resolution']}.[/yellow]")
+    for warning in result.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     if result["untried"]:
         console.print(f"Stopped at the budget; not tried: {', '.join(result['untried'])} (`--resume` continues).")
 

@@ -103,6 +103,21 @@ def unpaired_difference(correct_a: int, n_a: int, correct_b: int, n_b: int, conf
     return Difference(p1 - p2, low, high, n_a, False, confidence)
 
 
+def _first_sufficient(half_width, resolution: float) -> int:
+    """The smallest image count whose interval half-width is at most ``resolution`` (it shrinks as images are
+    added): doubling, then bisection."""
+    hi = 1
+    while half_width(hi) > resolution:
+        hi *= 2
+        if hi > 1 << 40:
+            return hi
+    lo = hi // 2
+    while lo + 1 < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if half_width(mid) <= resolution else (mid, hi)
+    return hi
+
+
 def images_needed(a_correct, b_correct, resolution: float = RESOLUTION, confidence: float = CONFIDENCE) -> int:
     """How many test images (with the same proportions of right and wrong answers as these) would make the paired
     interval of the difference no wider than ``resolution`` on either side (default: 1 point)."""
@@ -114,16 +129,17 @@ def images_needed(a_correct, b_correct, resolution: float = RESOLUTION, confiden
         delta, low, high = _paired_interval(*(f * m for f in fractions), confidence)
         return max(delta - low, high - delta)
 
-    hi = 1
-    while half_width(hi) > resolution:
-        hi *= 2
-        if hi > 1 << 40:
-            return hi
-    lo = hi // 2
-    while lo + 1 < hi:  # the half-width shrinks as images are added: bisect for the first count that suffices
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if half_width(mid) <= resolution else (mid, hi)
-    return hi
+    return _first_sufficient(half_width, resolution)
+
+
+def images_needed_unpaired(acc_a: float, acc_b: float, resolution: float = RESOLUTION,
+                           confidence: float = CONFIDENCE) -> int:
+    """Like images_needed, for two accuracies known only as proportions (the pairing unknown: a wider interval)."""
+    def half_width(m: int) -> float:
+        d = unpaired_difference(acc_a * m, m, acc_b * m, m, confidence)
+        return d.half_width
+
+    return _first_sufficient(half_width, resolution)
 
 
 def judge(diff: Difference, resolution: float = RESOLUTION) -> str:

@@ -7,9 +7,11 @@ import json
 import pytest
 
 from conftest import assert_clean_error, cli
+from gemdeploy import stats
 from gemdeploy.errors import GemdeployError
 from gemdeploy.tune.config import parse_budget
-from gemdeploy.tune.search import Goal, coarse_grid, pareto_front, patterns_for, pick, refine
+from gemdeploy.tune.runner import drop_interval, resolution_note, speedless_layers
+from gemdeploy.tune.search import ROUNDINGS, Candidate, Goal, coarse_grid, pareto_front, patterns_for, pick, refine
 
 
 def _opt(name, val, ms, speedup=None, backend="onnxruntime-cpu"):
@@ -29,6 +31,9 @@ def test_patterns_follow_what_the_backends_can_speed_up():
     assert patterns_for(["onnxruntime-cpu", "sparse-cpu"]) == ["channel", "unstructured"]
     assert patterns_for(["tensorrt"]) == ["channel", "2:4"]
     assert patterns_for(["onnxruntime-cpu"], ["unstructured"]) == ["unstructured"]
+    # Only what the ticket method can find: IMP prunes weights, not channels.
+    assert patterns_for(["onnxruntime-cpu", "sparse-cpu"], None, ("unstructured",)) == ["unstructured"]
+    assert patterns_for(["onnxruntime-cpu"], None, ("unstructured",)) == []
     grid = coarse_grid(["channel", "unstructured"], 0.01)
     assert [(c.pattern, c.sparsity) for c in grid[:4]] == [("channel", 0.5), ("unstructured", 0.9),
                                                            ("channel", 0.75), ("unstructured", 0.95)]
@@ -43,6 +48,43 @@ def test_refinement_bisects_the_frontier_and_stops_at_its_resolution():
     assert refine("unstructured", 0.01, {0.8: True, 0.81: False}, {0.8, 0.81}) is None  # within MIN_GAP
     assert refine("2:4", 0.01, {0.5: False}, {0.5}) is None  # pure 2:4 missed: nothing denser keeps the pattern
     assert refine("channel", 0.01, {}, set()) is None
+
+
+def test_a_rounding_variant_is_named_apart_and_shares_its_ticket():
+    c = Candidate("channel", 0.5, 0.01)
+    r1 = Candidate("channel", 0.5, 0.01, 1)
+    assert c.round_to == ROUNDINGS[0] and c.mined_as == c and c.name == "channel-s0.500-lr0.01"
+    assert r1.name == "channel-s0.500-lr0.01-r1" and r1.mined_as == c
+
+
+def test_the_validation_drop_has_its_interval_and_a_small_split_says_so():
+    assert drop_interval(0.9, 0.9, None) is None  # synthetic data: no accuracy, no interval
+    low, high = drop_interval(0.93, 0.94, 500)
+    assert low < 1.0 < high and high - low > 4  # 500 images cannot tell a 1-point drop
+    narrow = drop_interval(0.935, 0.94, 100_000)
+    assert 0 < narrow[0] < 0.5 < narrow[1] < 1.0  # enough images: the 0.5-point drop is within 1 point, surely
+    pick_ = {"val_acc": 0.93, "val_drop_interval": [low, high]}
+    note = resolution_note(pick_, 0.94, 500, 1.0)
+    assert "500 images" in note and "validation images could" in note
+    need = int(note.split("about ")[1].split(" validation")[0].replace(",", ""))
+    def half_width(n):
+        return stats.unpaired_difference(0.94 * n, n, 0.93 * n, n).half_width
+
+    assert need > 500 and half_width(need) <= 0.01 < half_width(need - 1)  # the first count that tells 1 point
+    assert resolution_note({"val_acc": 0.93, "val_drop_interval": narrow}, 0.94, 100_000, 1.0) is None
+
+
+def test_channels_pruning_cannot_remove_are_named(tmp_path):
+    """A channel ticket compacted with a rounding above the layers' widths keeps every pruned channel: each such
+    layer is named (tune warns about it); at the default rounding none is."""
+    kept = tmp_path / "kept"
+    cli("mine", "--model", "lenet300", "--data", "digits", "--pattern", "channel", "--sparsity", "0.5", "--epochs",
+        "1", "--finetune-epochs", "1", "--round-to", "512", "--out", kept, "--quiet", check=True)
+    named = speedless_layers(kept)
+    assert {(d["layer"], d["round_to"]) for d in named} == {("1", 512), ("4", 512)}
+    assert all(d["pruned"] > 0 for d in named)
+    cli("compact", kept, "--round-to", "8", "--overwrite", "--quiet", check=True)
+    assert speedless_layers(kept) == []
 
 
 def test_pareto_front_and_the_pick_under_each_kind_of_goal():
@@ -71,6 +113,7 @@ def test_bad_tune_input_is_one_line(tmp_path):
     assert_clean_error(cli(*base, "--backend", "onnxruntime-cpu", "--target-speedup", "2",
                            "--target-latency-ms", "1"), "two goals")
     assert_clean_error(cli(*base, "--backend", "onnxruntime-cpu", "--resume"), "no tune to resume")
+    assert_clean_error(cli(*base, "--backend", "onnxruntime-cpu", "--method", "imp"), "finds unstructured tickets only")
     assert not (tmp_path / "t" / "tune.json").exists()
 
 
@@ -91,6 +134,18 @@ def test_a_real_tune_picks_on_validation_stops_at_its_budget_and_resumes(tmp_pat
     state = json.loads((out / "tune.json").read_text())
     assert result["stopped"] == "search complete" and not result["untried"]
     assert {c["sparsity"] for c in state["candidates"].values()} >= {0.25, 0.5, 0.75}
+    # The channel search ends by compacting its best candidate at the other roundings, each measured: same ticket
+    # (same validation accuracy), another compaction.
+    variants = [c for c in state["candidates"].values() if c["round_to"] != ROUNDINGS[0]]
+    assert sorted(c["round_to"] for c in variants) == sorted(ROUNDINGS[1:])
+    for v in variants:
+        source = state["candidates"][Candidate(v["pattern"], v["sparsity"], v["finetune_lr"]).name]
+        assert v["val_acc"] == source["val_acc"] and v["backends"]
+        assert json.loads((out / "candidates" / v["name"] / "compact.json").read_text())["round_to"] == v["round_to"]
+    # Every validation drop carries its interval; digits' small validation split is said to be too small.
+    assert all(o["val_drop_interval"][0] <= o["val_drop_points"] <= o["val_drop_interval"][1]
+               for o in result["options"])
+    assert result["val_images"] > 0 and "validation split" in (result["pick"]["resolution"] or "validation split")
     assert {o["name"] for o in result["options"]} >= {"dense", *first["untried"]}
     pick_ = result["pick"]
     # Chosen on validation: with a 50-point budget the fastest option wins, whatever its test accuracy.
@@ -112,3 +167,24 @@ def test_a_real_tune_picks_on_validation_stops_at_its_budget_and_resumes(tmp_pat
     assert json.loads((out / "tune.json").read_text())["options"]["batch_size"] == 4
     # A resumed tune keeps its search options.
     assert_clean_error(cli(*[a if a != "1" else "2" for a in args], "--resume"), "--epochs", "same search options")
+
+
+@pytest.mark.slow
+def test_imp_candidates_continue_one_chain_of_levels(tmp_path):
+    """With --method imp every density comes from one chain: a candidate imports the levels of the sparsest IMP
+    candidate already mined (the same trajectory) and trains only the rounds past them."""
+    from gemdeploy.tune.config import TuneOptions
+    from gemdeploy.tune.runner import Tune
+
+    opts = TuneOptions(model="lenet300", data="digits", method="imp", backend=["sparse-cpu"], epochs=1,
+                       finetune_epochs=1, iters=2, warmup=0).resolve()
+    tune_ = Tune(opts, tmp_path / "t", resume=False, progress=lambda s: None)
+    first = tune_.candidate(Candidate("unstructured", 0.8, 0.01))
+    second = tune_.candidate(Candidate("unstructured", 0.9, 0.01))
+    assert json.loads((second / "config.json").read_text())["imp_from"] == str(first)
+    records = [json.loads(line) for line in (second / "metrics.jsonl").read_text().splitlines()]
+    reused = [r for r in records if r.get("reused_from") == str(first)]
+    trained = {r["level"] for r in records if r.get("phase", "").startswith("imp-round") and "level" in r}
+    assert reused and trained and min(trained) >= len(reused)  # the first rounds came from the chain
+    assert json.loads((first / "summary.json").read_text())["sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert json.loads((second / "summary.json").read_text())["sparsity"] == pytest.approx(0.9, abs=0.01)

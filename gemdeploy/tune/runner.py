@@ -23,7 +23,8 @@ from gemdeploy.errors import GemdeployError
 from gemdeploy.files import atomic_write_bytes
 from gemdeploy.run.rundir import RunDir, sweep_debris
 from gemdeploy.tune.config import TuneOptions
-from gemdeploy.tune.search import Candidate, Goal, coarse_grid, pareto_front, patterns_for, pick, refine
+from gemdeploy.tune.search import (ROUNDINGS, Candidate, Goal, coarse_grid, drop_points, pareto_front, patterns_for,
+                                   pick, refine)
 
 TUNE_JSON, TUNE_PLOT = "tune.json", "tune.png"
 DENSE_DIR, CANDIDATES_DIR = "dense", "candidates"
@@ -45,6 +46,35 @@ def _speedup(row: dict) -> float | None:
 def _summary(run: Path) -> dict | None:
     f = run / "summary.json"
     return json.loads(f.read_text()) if f.is_file() else None
+
+
+def search_patterns(opts: TuneOptions) -> list[str]:
+    """The patterns this tune searches: those worth it on the backends (or asked for) that the method can find."""
+    from gemdeploy.mine.methods import METHODS
+
+    found = METHODS.get(opts.method).patterns
+    patterns = patterns_for(opts.backend, opts.pattern, found)
+    if not patterns:
+        wanted = patterns_for(opts.backend, opts.pattern)
+        raise GemdeployError(f"--method {opts.method} finds {', '.join(found)} tickets only, and none of them pays on "
+                             f"{', '.join(opts.backend)} (searched: {', '.join(wanted)}); add a --backend that runs "
+                             "it (e.g. sparse-cpu for unstructured), ask for it with --pattern, or choose another "
+                             "--method")
+    return patterns
+
+
+def speedless_layers(run: Path) -> list[dict]:
+    """The layers of a channel ticket whose pruned channels compaction could not remove (their count is tied to a
+    layer that keeps them, or the rounding keeps them): accuracy paid for no speed. From compact.json."""
+    summary, record_file = _summary(run), run / "compact.json"
+    if not summary or summary.get("pattern") != "channel" or not record_file.is_file():
+        return []
+    record = json.loads(record_file.read_text())
+    return [{"layer": r["layer"], "type": r.get("type"), "pruned": round(1 - r["density_before"], 4),
+             "shape": [r["in_before"], r["out_before"]], "round_to": record.get("round_to")}
+            for r in record.get("layers", [])
+            if r.get("density_before", 1.0) < 0.999 and r["out_after"] == r["out_before"]
+            and r["in_after"] == r["in_before"]]
 
 
 class Tune:
@@ -143,12 +173,54 @@ class Tune:
         out = self.out / CANDIDATES_DIR / c.name
         self.progress(f"candidate {c.name}")
         t0 = time.monotonic()
-        self._mine(out, method=self.opts.method, pattern=c.pattern, sparsity=c.sparsity, finetune_lr=c.finetune_lr)
+        if c.mined_as != c:
+            self._recompacted(Path(self.state["candidates"][c.mined_as.name]["path"]), out, c.round_to)
+        else:
+            self._mine(out, method=self.opts.method, pattern=c.pattern, sparsity=c.sparsity,
+                       finetune_lr=c.finetune_lr, **self._chain(c))
         record = self.state["candidates"].setdefault(c.name, {**c.to_json(), "path": str(out)})
         record.setdefault("seconds", time.monotonic() - t0)
         summary = _summary(out)
         record["val_acc"], record["weight_sparsity"] = summary["val_acc"], summary["sparsity"]
+        record["speedless_layers"] = speedless_layers(out)
         return out
+
+    def _chain(self, c: Candidate) -> dict:
+        """IMP gives every density from one chain of levels: a candidate continues the sparsest IMP candidate
+        already mined (its levels up to this density are this one's, the same trajectory)."""
+        if self.opts.method != "imp":
+            return {}
+        done = [r for r in self.state["candidates"].values()
+                if r["pattern"] == c.pattern and r.get("round_to", ROUNDINGS[0]) == ROUNDINGS[0]
+                and (self.out / CANDIDATES_DIR / r["name"]).is_dir() and _summary(Path(r["path"])) is not None]
+        return {"imp_from": max(done, key=lambda r: r["sparsity"])["path"]} if done else {}
+
+    def _recompacted(self, source: Path, out: Path, round_to: int) -> None:
+        """A rounding variant: ``source``'s ticket, copied, compacted with ``round_to`` and exported (no mining;
+        compaction is exact, so its accuracy is the source's)."""
+        import shutil
+
+        from gemdeploy.compact.compaction import RECORD, WEIGHTS, compact_stage
+        from gemdeploy.files import read_json
+        from gemdeploy.run import layout
+        from gemdeploy.run.artifacts import RunArtifacts
+
+        if not (out / RECORD).is_file():
+            if out.exists():
+                shutil.rmtree(out)  # an interrupted copy: make it again
+            tmp = out.with_name(out.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(RECORD, WEIGHTS, layout.EXPORT_DIR, "bench"))
+            config = read_json(tmp / layout.CONFIG)
+            config["round_to"] = round_to  # a resumed or re-run compaction of the copy keeps this rounding
+            atomic_write_bytes(tmp / layout.CONFIG, json.dumps(config, indent=2).encode())
+            record = compact_stage(RunArtifacts.open(tmp), round_to)
+            summary = read_json(tmp / layout.SUMMARY)
+            if isinstance(summary.get("compaction"), dict):  # the copy's summary speaks of its own compaction
+                summary["compaction"] = {k: record.get(k) for k in summary["compaction"]}
+                atomic_write_bytes(tmp / layout.SUMMARY, json.dumps(summary, indent=2).encode())
+            tmp.rename(out)
+        self._export(out)
 
     def measure(self, dense: Path, names: list[str]) -> None:
         """One bench call: the dense model and ``names`` side by side on every backend at the asked batch."""
@@ -184,7 +256,9 @@ class Tune:
                     "latency_ms": row["latency_ms"]["median"], "p10_ms": row["latency_ms"]["p10"],
                     "p90_ms": row["latency_ms"]["p90"], "noisy": row["latency_ms"]["noisy"], "speedup": speedup,
                     "baseline": row.get("baseline") or row.get("baseline_same_precision"),
-                    "file_bytes": row.get("file_bytes"), "test_acc": row["test_acc"], "artifact": row["artifact"]}
+                    "file_bytes": row.get("file_bytes"), "test_acc": row["test_acc"], "artifact": row["artifact"],
+                    "test_delta": row.get("acc_delta_vs_dense_fp32_ci") or row.get(
+                        "acc_delta_vs_dense_same_precision_ci")}
 
     # --- the search --------------------------------------------------------------------------------------------
     def options(self) -> list[dict]:
@@ -198,7 +272,8 @@ class Tune:
             for b, m in rec.get("backends", {}).items():
                 out.append({"name": name, "backend": b, "val_acc": rec["val_acc"], "latency_ms": m["latency_ms"],
                             "speedup": m["speedup"], "pattern": rec["pattern"], "sparsity": rec["sparsity"],
-                            "finetune_lr": rec["finetune_lr"], "file_bytes": m.get("file_bytes")})
+                            "finetune_lr": rec["finetune_lr"], "round_to": rec.get("round_to", ROUNDINGS[0]),
+                            "file_bytes": m.get("file_bytes")})
         return out
 
     def meets(self, name: str) -> bool:
@@ -206,9 +281,21 @@ class Tune:
         dense_val = self.state["dense"]["val_acc"]
         return any(self.goal.meets(o, dense_val) for o in self.options() if o["name"] == name)
 
+    def val_images(self) -> int | None:
+        """How many validation images every accuracy was measured on (its interval's n); once per tune."""
+        if "val_images" not in self.state:
+            from gemdeploy.data import load_data
+
+            try:
+                data = load_data(self.opts.data, self.opts.data_dir)
+                self.state["val_images"] = len(data.val) if data.real else None
+            except GemdeployError:
+                self.state["val_images"] = None
+        return self.state["val_images"]
+
     def run(self) -> dict:
         o = self.opts
-        patterns = patterns_for(o.backend, o.pattern)
+        patterns = search_patterns(o)
         dense = self.dense()
         if "latency_ms" not in self.state.get("dense", {}):
             self.measure(dense, [])  # the reference is measured even when the budget allows no candidate
@@ -246,7 +333,7 @@ class Tune:
         queue = []
         for p in patterns:
             recs = [r for r in self.state["candidates"].values() if r["pattern"] == p and r["finetune_lr"] == lr0
-                    and "backends" in r]
+                    and "backends" in r and r.get("round_to", ROUNDINGS[0]) == ROUNDINGS[0]]
             measured = {r["sparsity"]: self.meets(r["name"]) for r in recs}
             nxt = refine(p, lr0, measured, set(measured))
             if nxt is not None:
@@ -256,41 +343,113 @@ class Tune:
             good = [r for r in recs if measured.get(r["sparsity"])]
             best = max(good, key=lambda r: r["sparsity"]) if good else (
                 max(recs, key=lambda r: r["val_acc"]) if recs else None)
+            recipes = []
             for lr in other_lrs:
                 if best is None:
                     break
                 key = f"{p}@{best['sparsity']}@{lr}"
                 if key not in tried_recipes:
                     tried_recipes.add(key)
-                    queue.append(Candidate(p, best["sparsity"], lr))
+                    recipes.append(Candidate(p, best["sparsity"], lr))
+            # Last, once every recipe of the channel pattern is measured: the channel roundings of its best.
+            queue += recipes or (self._roundings(tried_recipes) if p == "channel" and best is not None else [])
         return [c for c in queue if c.name not in self.state["candidates"] or
                 "backends" not in self.state["candidates"][c.name]]
+
+    def _roundings(self, tried: set[str]) -> list[Candidate]:
+        """Once the channel search is done: its fastest candidate within the goal (or its most accurate), compacted
+        at the other channel roundings, so the pick takes the rounding the backend runs fastest (measured)."""
+        dense_val = self.state["dense"]["val_acc"]
+        mined = [o for o in self.options() if o["pattern"] == "channel" and o.get("round_to", ROUNDINGS[0])
+                 == ROUNDINGS[0]]
+        if not mined:
+            return []
+        good = [o for o in mined if self.goal.meets(o, dense_val)]
+        best = min(good, key=lambda o: o["latency_ms"]) if good else max(mined, key=lambda o: o["val_acc"])
+        rec = self.state["candidates"][best["name"]]
+        out = []
+        for r in ROUNDINGS[1:]:
+            c = Candidate("channel", rec["sparsity"], rec["finetune_lr"], r)
+            if f"round@{c.name}" not in tried:
+                tried.add(f"round@{c.name}")
+                out.append(c)
+        return out
 
     def finish(self, untried: list[str]) -> dict:
         options = self.options()
         dense_val = self.state["dense"]["val_acc"]
+        n_val = self.val_images()
         for o in options:
-            o["val_drop_points"] = round(100 * (dense_val - o["val_acc"]), 3)
+            o["val_drop_points"] = round(drop_points(o, dense_val), 3)
+            o["val_drop_interval"] = drop_interval(o["val_acc"], dense_val, n_val)
         chosen = pick(options, dense_val, self.goal)
         best = chosen["option"]
         test = {"dense_test_acc": self.state["dense"]["test_acc_by_backend"].get(best["backend"])}
         if best["name"] == "dense":
             test["pick_test_acc"] = test["dense_test_acc"]
         else:
-            test["pick_test_acc"] = self.state["candidates"][best["name"]]["backends"][best["backend"]]["test_acc"]
+            measured = self.state["candidates"][best["name"]]["backends"][best["backend"]]
+            test["pick_test_acc"], test["test_delta"] = measured["test_acc"], measured.get("test_delta")
         front = pareto_front(options)
-        result = {"goal": self.goal.describe(), "pick": {**best, **test, "meets_goal": chosen["meets_goal"],
-                                                          "why": chosen["why"],
-                                                          "path": self.state["candidates"].get(best["name"], {}).get(
-                                                              "path", self.state["dense"]["path"])},
+        pick_record = {**best, **test, "meets_goal": chosen["meets_goal"], "why": chosen["why"],
+                       "path": self.state["candidates"].get(best["name"], {}).get("path", self.state["dense"]["path"]),
+                       "speedless_layers": self.state["candidates"].get(best["name"], {}).get("speedless_layers", [])}
+        pick_record["resolution"] = resolution_note(pick_record, dense_val, n_val, self.goal.max_drop)
+        result = {"goal": self.goal.describe(), "pick": pick_record, "val_images": n_val,
                   "pareto_front": [{"name": o["name"], "backend": o["backend"]} for o in front],
-                  "options": options, "untried": untried,
+                  "options": options, "untried": untried, "warnings": self.warnings(),
                   "stopped": "budget" if untried else "search complete"}
         self.state["result"] = result
         self.save()
         plot(options, front, best, self.out / TUNE_PLOT)
         return self.state
 
+
+
+    def warnings(self) -> list[str]:
+        """What a user should know about the candidates: channel layers whose pruning bought no speed (per layer,
+        the candidates it happened in)."""
+        seen: dict[str, list[str]] = {}
+        for name, rec in self.state["candidates"].items():
+            for layer in rec.get("speedless_layers", []):
+                key = (f"layer {layer['layer']} ({layer['type']}, {layer['shape'][0]}->{layer['shape'][1]})")
+                seen.setdefault(key, []).append(f"{name} ({layer['pruned']:.0%} pruned)")
+        return [f"{key}: its pruned channels could not be removed (tied to a layer that keeps them, or kept by the "
+                f"channel rounding), so their accuracy cost buys no speed, in {', '.join(names)}"
+                for key, names in seen.items()]
+
+
+def drop_interval(acc: float, dense_val: float, n: int | None) -> list[float] | None:
+    """The validation drop (points, dense minus this) with its 95% interval, from accuracies on ``n`` images each.
+    Unpaired: only the two accuracies are kept, not which images each got right, so the interval is wider than
+    a paired one (conservative)."""
+    from gemdeploy.stats import unpaired_difference
+
+    if not n:
+        return None
+    d = unpaired_difference(dense_val * n, n, acc * n, n)
+    return [round(100 * d.low, 3), round(100 * d.high, 3)]
+
+
+def resolution_note(pick_record: dict, dense_val: float, n_val: int | None, max_drop: float) -> str | None:
+    """When the validation split cannot tell the pick's drop from ``max_drop`` points (the interval holds values on
+    both sides of it), say so and how many validation images could; the test difference's own verdict beside it."""
+    from gemdeploy.stats import images_needed_unpaired
+
+    parts = []
+    interval = pick_record.get("val_drop_interval")
+    if interval and interval[0] <= max_drop < interval[1]:
+        need = images_needed_unpaired(dense_val, pick_record["val_acc"], resolution=max(max_drop, 0.1) / 100)
+        parts.append(f"the validation split ({n_val} images) cannot tell whether the pick's drop exceeds "
+                     f"{max_drop:g} point(s): its 95% interval is {interval[0]:+.2f} to {interval[1]:+.2f} points; "
+                     f"about {need:,} validation images could")
+    test = pick_record.get("test_delta")
+    if test and test.get("judgement") == "too small to tell":
+        need = test.get("images_for_1_point")
+        parts.append(f"the test split ({test['n']} images) cannot tell a 1-point difference either: "
+                     f"{100 * test['delta']:+.2f} points, 95% interval {100 * test['low']:+.2f} to "
+                     f"{100 * test['high']:+.2f}" + (f"; about {need:,} test images could" if need else ""))
+    return "; ".join(parts) or None
 
 
 def plot(options: list[dict], front: list[dict], best: dict, path: Path) -> None:
@@ -329,4 +488,5 @@ def tune(opts: TuneOptions, out: str | Path, *, resume: bool = False,
 
     opts = opts.resolve()
     choose_backends(BenchOptions(backend=list(opts.backend)))  # a backend this machine lacks: one line, now
+    search_patterns(opts)  # a method that finds nothing worth searching: one line, before any folder is made
     return Tune(opts, Path(out), resume, progress).run()

@@ -19,18 +19,24 @@ NM_RUNTIMES = ("tensorrt", "pytorch-cuda-2:4")
 GRIDS = {"channel": (0.25, 0.5, 0.75), "unstructured": (0.5, 0.8, 0.9, 0.95, 0.986), "2:4": (0.5, 0.75, 0.9)}
 MIN_GAP = 0.02  # refine no finer than this between two measured sparsities
 MAX_SPARSITY = 0.995
+# Channel counts the kernels may prefer: exact (1), and the SIMD / tensor-core widths. Every channel candidate is
+# compacted at the mine default (8); the pattern's best one is also compacted at the others and measured.
+ROUNDINGS = (8, 1, 16)
 
 
-def patterns_for(backends: list[str], asked: list[str] | None = None) -> list[str]:
-    """The patterns worth searching on ``backends`` (all of ``asked`` when given)."""
+def patterns_for(backends: list[str], asked: list[str] | None = None, method_patterns: tuple[str, ...] | None = None
+                 ) -> list[str]:
+    """The patterns worth searching on ``backends`` (all of ``asked`` when given), among those the ticket method
+    can find (``method_patterns``; all when None)."""
     if asked:
-        return list(dict.fromkeys(asked))
-    out = ["channel"]
-    if any(b in SPARSE_RUNTIMES for b in backends):
-        out.append("unstructured")
-    if any(b in NM_RUNTIMES for b in backends):
-        out.append("2:4")
-    return out
+        out = list(dict.fromkeys(asked))
+    else:
+        out = ["channel"]
+        if any(b in SPARSE_RUNTIMES for b in backends):
+            out.append("unstructured")
+        if any(b in NM_RUNTIMES for b in backends):
+            out.append("2:4")
+    return [p for p in out if method_patterns is None or p in method_patterns]
 
 
 @dataclass(frozen=True)
@@ -38,10 +44,17 @@ class Candidate:
     pattern: str
     sparsity: float
     finetune_lr: float
+    round_to: int = ROUNDINGS[0]  # channel counts kept multiples of this by compaction
 
     @property
     def name(self) -> str:
-        return f"{self.pattern.replace(':', 'of')}-s{self.sparsity:.3f}-lr{self.finetune_lr:g}"
+        base = f"{self.pattern.replace(':', 'of')}-s{self.sparsity:.3f}-lr{self.finetune_lr:g}"
+        return base if self.round_to == ROUNDINGS[0] else f"{base}-r{self.round_to}"
+
+    @property
+    def mined_as(self) -> "Candidate":
+        """The candidate whose ticket this one is (a rounding variant shares its mined and trained weights)."""
+        return Candidate(self.pattern, self.sparsity, self.finetune_lr)
 
     def to_json(self) -> dict:
         return {**asdict(self), "name": self.name}
