@@ -4,6 +4,16 @@
     nice .venv/bin/python -m benchmarks.tune --models lenet300 --batches 64 --budget 20m
     .venv/bin/python -m benchmarks.tune --smoke                      # toy budgets, leaves BENCHMARKS.md alone
 
+The GPU variant, a prepared command for the GPU machine (wheels/ carried, see benchmarks/gpu_run.sh):
+
+    GPU_BENCH=tune bash benchmarks/gpu_run.sh OUT --gpu             # OUT/tune.json + OUT/BENCHMARKS-tune.md
+    .venv/bin/python -m benchmarks.tune --from-json OUT/tune.json    # back here: BENCHMARKS.md's "Tune on a GPU"
+
+On the GPU it tunes conv4 / mnist5k for `--backend pytorch-cuda-fp16 --backend pytorch-cuda-2:4` (fp16 CUDA
+graphs, dense and with 2:4 semi-structured weights; channel and 2:4 candidates) at batch 256 and 1, mining on
+the GPU, each tune within --budget (default 3m there); no hand-found GPU configuration exists to compare with, so
+its table holds the pick against dense only.
+
 For each model: one dense reference (`mine --method dense`, reused by every tune of the model), then one
 `gemdeploy tune --backend onnxruntime-cpu --backend sparse-cpu --max-drop 1.0` per batch size (candidates on the
 model's ticket budget, below). The configuration found by hand is the one BENCHMARKS.md's sections point at
@@ -26,6 +36,7 @@ from benchmarks.report import ROOT, machine, markdown_table, write_section
 SECTION = "tune"
 RESULTS = ROOT / "benchmarks" / "results"
 BACKENDS = ["onnxruntime-cpu", "sparse-cpu"]
+GPU_SECTION, GPU_BACKENDS, GPU_MODELS, GPU_BATCHES = "tune-gpu", ["pytorch-cuda-fp16", "pytorch-cuda-2:4"], "conv4", "256,1"
 # Ticket budgets (mining, fine-tuning epochs): the ticket suite's for lenet300; conv4 mines 16 epochs, where
 # BENCHMARKS.md's "Why Gem-Miner falls short on Conv-4" found the mask leaves chance.
 BUDGETS = {"lenet300": (40, 40), "conv4": (16, 4)}
@@ -45,20 +56,18 @@ def _summary(path: Path) -> dict | None:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
-def _mine(out: Path, model: str, epochs: tuple[int, int], **options) -> Path:
-    from gemdeploy.exporters.config import ExportOptions
-    from gemdeploy.exporters.pipeline import export_run
-    from gemdeploy.mine.pipeline import mine_run
-    from gemdeploy.progress import Reporter
-    from gemdeploy.run.config import MineConfig
+def _mine(out: Path, model: str, epochs: tuple[int, int], precisions: list[str], **options) -> Path:
+    """`gemdeploy mine` (a finished run reused, an interrupted one resumed) and `export`, through gemdeploy.api."""
+    import gemdeploy.api as gd
 
     if _summary(out) is None:
-        if (out / "config.json").is_file():
-            mine_run(out, None, resume=True, reporter=Reporter(enabled=False))
-        else:
-            cfg = MineConfig(model=model, data="mnist5k", epochs=epochs[0], finetune_epochs=epochs[1], **options)
-            mine_run(out, cfg.validate(), reporter=Reporter(enabled=False))
-    export_run(out, ExportOptions(precision=["fp32", "sparse-cpu"]))
+        resume = (out / "config.json").is_file()
+        run = gd.mine(model, "mnist5k", out, resume=resume, **({} if resume else {
+            "epochs": epochs[0], "finetune_epochs": epochs[1], **options}))
+    else:
+        run = gd.open_run(out)
+    if precisions:
+        run.export(precision=precisions)
     return out
 
 
@@ -71,28 +80,33 @@ def hand_wall_s(model: str) -> float | None:
     return sum(r["total_time_s"] for r in runs) if runs else None
 
 
-def run_model(model: str, batches: list[int], budget: str, root: Path, epochs: tuple[int, int], iters: int) -> list[dict]:
-    from gemdeploy.bench.config import BenchOptions
-    from gemdeploy.bench.measure import measure
-    from gemdeploy.tune.config import TuneOptions
-    from gemdeploy.tune.runner import tune
+def run_model(model: str, batches: list[int], budget: str, root: Path, epochs: tuple[int, int], iters: int,
+              gpu: bool = False) -> list[dict]:
+    import gemdeploy.api as gd
 
-    dense = _mine(root / f"{model}-dense", model, epochs, method="dense")
-    hand_cfg = HAND[model]
-    hand = _mine(root / f"{model}-hand", model, epochs, pattern=hand_cfg["pattern"], sparsity=hand_cfg["sparsity"])
+    backends = GPU_BACKENDS if gpu else BACKENDS
+    device = {"device": "cuda"} if gpu else {}
+    dense = _mine(root / f"{model}-dense", model, epochs, [] if gpu else ["fp32", "sparse-cpu"], method="dense",
+                  **device)
+    hand_cfg = None if gpu else HAND[model]
+    hand = _mine(root / f"{model}-hand", model, epochs, ["fp32", "sparse-cpu"], pattern=hand_cfg["pattern"],
+                 sparsity=hand_cfg["sparsity"]) if hand_cfg else None
     rows = []
     out = root / f"{model}-tune"  # one tune per model: a new batch size re-measures its candidates
     for batch in batches:
-        opts = TuneOptions(model=model, data="mnist5k", backend=BACKENDS, batch_size=batch, max_drop=1.0,
-                           budget=budget, dense=str(dense), epochs=epochs[0], finetune_epochs=epochs[1],
-                           iters=iters)
         started = time.perf_counter()
-        state = tune(opts, out, resume=(out / "tune.json").is_file())
+        state = gd.tune(out, resume=(out / "tune.json").is_file(), model=model, data="mnist5k", backend=backends,
+                        batch_size=batch, max_drop=1.0, budget=budget, dense=str(dense), epochs=epochs[0],
+                        finetune_epochs=epochs[1], iters=iters, **device)
         result = state["result"]
         pick = result["pick"]
+        if gpu:
+            rows.append(gpu_row(model, batch, state, time.perf_counter() - started))
+            continue
         # Side by side in one bench call: dense, tune's pick and the hand configuration, on both backends.
         runs = [dense, hand] + ([Path(pick["path"])] if pick["name"] != "dense" else [])
-        side = measure(runs, BenchOptions(batch_size=[batch], backend=BACKENDS, iters=iters, warmup=5))
+        side = gd.open_run(dense).bench(against=runs[1:], out=root / f"{model}-side-by-side-b{batch}", overwrite=True,
+                                        batch_size=[batch], backend=BACKENDS, iters=iters, warmup=5)
         lat = {(r["run"], r["backend"]): r for r in side["rows"]}
         base = lat[(dense.name, "onnxruntime-cpu")]["latency_ms"]["median"]
         pick_row = lat[(Path(pick["path"]).name, pick["backend"])]
@@ -111,6 +125,38 @@ def run_model(model: str, batches: list[int], budget: str, root: Path, epochs: t
             "untried": result["untried"], "load": side["conditions"],
         })
     return rows
+
+
+def gpu_row(model: str, batch: int, state: dict, seconds: float) -> dict:
+    """One GPU tune's figures: its pick against the dense model as tune measured them (one bench call per round)."""
+    result, pick = state["result"], state["result"]["pick"]
+    return {"model": model, "batch": batch, "pick": pick["name"], "pick_backend": pick["backend"],
+            "meets_goal": pick["meets_goal"], "why": pick["why"], "pick_speedup": pick.get("speedup"),
+            "pick_latency_ms": pick["latency_ms"], "pick_test_acc": pick.get("pick_test_acc"),
+            "dense_test_acc": pick.get("dense_test_acc"), "pick_val_drop": pick["val_drop_points"],
+            "resolution": pick.get("resolution"), "dense_latency_ms": state["dense"]["latency_ms"],
+            "tune_wall_s": state["seconds"], "this_call_s": seconds, "candidates": len(state["candidates"]),
+            "untried": result["untried"], "warnings": result.get("warnings", [])}
+
+
+def render_gpu(result: dict) -> str:
+    rows = result["rows"]
+    table = markdown_table(
+        ["model", "batch", "tune's pick", "pick vs dense fp32", "pick latency", "pick test acc (dense)",
+         "val drop", "tune wall", "candidates", "not tried"],
+        [[r["model"], r["batch"], f"{r['pick']} on {r['pick_backend']}",
+          f"**{r['pick_speedup']:.2f}x**" if r["pick_speedup"] else "-", f"{r['pick_latency_ms']:.3g} ms",
+          f"{r['pick_test_acc']:.2%} ({r['dense_test_acc']:.2%})" if r["pick_test_acc"] is not None else "-",
+          f"{r['pick_val_drop']:+.2f} pts", f"{r['tune_wall_s'] / 60:.1f} min", r["candidates"],
+          len(r["untried"])] for r in rows])
+    return "\n".join([
+        "## Tune on a GPU (issue 24)", "", f"Command: `{result['command']}`  ", f"Machine: {result['machine']}", "",
+        f"`gemdeploy tune --backend {' --backend '.join(GPU_BACKENDS)} --device cuda --max-drop 1.0 --budget "
+        f"{result['budget']}` per batch, the dense reference trained on the GPU; speed-ups as bench reports them "
+        "against the dense model's fp32 in the same call. No hand-found GPU configuration exists yet to set "
+        "beside it.", "", table, "",
+        *[f"- {r['model']} batch {r['batch']}: {r['why']}" + (f"; {r['resolution']}" if r.get("resolution") else "")
+          for r in rows], ""])
 
 
 def render(rows: list[dict], command: str, budget: str) -> str:
@@ -143,13 +189,31 @@ def render(rows: list[dict], command: str, budget: str) -> str:
     ])
 
 
-def main(models: str = typer.Option("lenet300,conv4"), batches: str = typer.Option("64,1"),
-         budget: str = typer.Option("20m", help="Each tune's wall-time budget."),
+def main(models: str = typer.Option(None, help="Comma-separated (default lenet300,conv4; --gpu: conv4)."),
+         batches: str = typer.Option(None, help="Comma-separated batch sizes (default 64,1; --gpu: 256,1)."),
+         budget: str = typer.Option(None, help="Each tune's wall-time budget (default 20m; --gpu: 3m)."),
          iters: int = typer.Option(30), smoke: bool = typer.Option(False, help="Toy budgets; BENCHMARKS.md untouched."),
-         work: Path = typer.Option(None, help="Where runs and tunes go (default benchmarks/results/tune; finished "
-                                   "ones are reused).")) -> None:
+         work: Path = typer.Option(None, help="Where runs and tunes go (default benchmarks/results/tune, --gpu: "
+                                   "/tmp/gemdeploy-tune-gpu; finished ones are reused)."),
+         gpu: bool = typer.Option(False, "--gpu", help="The GPU variant (needs CUDA): pytorch-cuda-fp16 and 2:4."),
+         out: Path = typer.Option(None, help="--gpu: write the figures to this JSON file."),
+         markdown: Path = typer.Option(None, help="--gpu: write the section to this file."),
+         from_json: Path = typer.Option(None, help="Render BENCHMARKS.md's GPU section from a --gpu run's JSON.")
+         ) -> None:
     import tempfile
 
+    if from_json:
+        write_section(GPU_SECTION, render_gpu(json.loads(from_json.read_text())))
+        return
+    if gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--gpu needs a CUDA GPU (torch.cuda.is_available() is False here); run it on the GPU "
+                             "machine: GPU_BENCH=tune bash benchmarks/gpu_run.sh OUT --gpu")
+        return run_gpu(models or GPU_MODELS, batches or GPU_BATCHES, budget or "3m", iters,
+                       work or Path("/tmp/gemdeploy-tune-gpu"), out, markdown)
+    models, batches, budget = models or "lenet300,conv4", batches or "64,1", budget or "20m"
     work = work or (Path(tempfile.mkdtemp(prefix="tune-smoke-")) if smoke else RESULTS / "tune")
     names = [m for m in models.split(",") if m]
     sizes = [int(b) for b in batches.split(",") if b]
@@ -164,6 +228,23 @@ def main(models: str = typer.Option("lenet300,conv4"), batches: str = typer.Opti
     (work / "tune-benchmark.json").write_text(json.dumps(rows, indent=2))
     if not smoke:
         write_section(SECTION, text)
+
+
+def run_gpu(models: str, batches: str, budget: str, iters: int, work: Path, out: Path | None,
+            markdown: Path | None) -> None:
+    import sys
+
+    command = "GPU_BENCH=tune bash benchmarks/gpu_run.sh OUT " + " ".join(sys.argv[1:])
+    result = {"command": command, "machine": machine(), "budget": budget, "rows": []}
+    for model in [m for m in models.split(",") if m]:
+        for batch in [int(b) for b in batches.split(",") if b]:
+            result["rows"] += run_model(model, [batch], budget, work, BUDGETS[model], iters, gpu=True)
+            if out:  # after every tune: a run cut short keeps what it measured
+                out.write_text(json.dumps(result, indent=2))
+    text = render_gpu(result)
+    print(text)
+    if markdown:
+        markdown.write_text(text)
 
 
 if __name__ == "__main__":
