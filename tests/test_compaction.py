@@ -337,6 +337,38 @@ def test_channel_analysis_over_budget_is_refused_or_left_whole(monkeypatch, digi
     assert channels.killed_channel_params(model, SHAPE, mask) == {}  # no channel removable: nothing to hold at zero
 
 
+class _UntraceableOnZeros(nn.Module):
+    """Traced on an all-zero image (as the channel analysis traces), it fails; it counts its traces."""
+
+    traces = 0
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+
+    def forward(self, x):
+        type(self).traces += 1
+        if not x.any():
+            raise ValueError("needs a real image")
+        return self.conv(x).mean((2, 3))
+
+
+def test_an_architecture_the_analysis_failed_on_is_not_analyzed_again_in_the_process():
+    """A run asks for the analysis twice (the ticket's killed channels, then compaction): a failure, which may have
+    spent the whole budget, is remembered for the architecture, and the second ask fails at once, as the first."""
+    from gemdeploy.sparsity import channels
+
+    with pytest.raises(channels.ChannelAnalysisError, match="cannot trace it: ValueError") as first:
+        channels.build_graph(_UntraceableOnZeros(), (1, 8, 8))
+    traced = _UntraceableOnZeros.traces
+    with pytest.raises(channels.ChannelAnalysisError) as again:
+        compact_model(_UntraceableOnZeros(), (1, 8, 8), round_to=1)  # another instance, the same architecture
+    assert str(again.value) == str(first.value) and _UntraceableOnZeros.traces == traced
+    with pytest.raises(channels.ChannelAnalysisError):  # another input shape is another question: traced anew
+        channels.build_graph(_UntraceableOnZeros(), (1, 9, 9))
+    assert _UntraceableOnZeros.traces > traced
+
+
 def test_weights_saved_without_version_metadata_load_into_mnasnet(tmp_path):
     from gemdeploy.models import build_model, load_weights
 

@@ -138,19 +138,44 @@ def _zero_preserving(op) -> bool:
     return False
 
 
+# Architectures whose analysis failed in this process, with the error: a run asks twice (the ticket's killed
+# channels, then compaction), and an analysis that ran out of its budget once would spend it again for nothing.
+_FAILED: dict[tuple, str] = {}
+
+
+def _architecture(model: nn.Module, input_shape: tuple[int, ...]) -> tuple:
+    return (ANALYSIS_SECONDS, ANALYSIS_MEMORY_BYTES, type(model).__qualname__, tuple(input_shape),
+            tuple((name, type(m).__name__) for name, m in model.named_modules()),
+            tuple((name, tuple(p.shape)) for name, p in model.named_parameters()))
+
+
+@contextlib.contextmanager
+def _remembered_failure(model: nn.Module, input_shape: tuple[int, ...]):
+    key = _architecture(model, input_shape)
+    if key in _FAILED:
+        raise ChannelAnalysisError(_FAILED[key])
+    try:
+        yield
+    except ChannelAnalysisError as exc:
+        _FAILED[key] = str(exc)
+        raise
+
+
 def build_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()  # tracing must not touch BatchNorm statistics
     try:
-        with torch.enable_grad(), analysis_budget():  # Torch-Pruning traces through autograd
-            return tp.DependencyGraph().build_dependency(model, torch.zeros(1, *input_shape, device=device),
-                                                         verbose=False)
-    except ChannelAnalysisError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - Torch-Pruning fails in many ways on graphs it does not know
-        text = str(exc).strip().splitlines()
-        raise ChannelAnalysisError(f"cannot trace it: {type(exc).__name__}: {text[0] if text else ''}") from None
+        with _remembered_failure(model, input_shape), torch.enable_grad(), analysis_budget():
+            try:  # Torch-Pruning traces through autograd
+                return tp.DependencyGraph().build_dependency(model, torch.zeros(1, *input_shape, device=device),
+                                                             verbose=False)
+            except ChannelAnalysisError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Torch-Pruning fails in many ways on graphs it does not know
+                text = str(exc).strip().splitlines()
+                raise ChannelAnalysisError(f"cannot trace it: {type(exc).__name__}: {text[0] if text else ''}"
+                                           ) from None
     finally:
         model.train(was_training)
 
@@ -274,7 +299,7 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[tp.Dependen
     """The dependency graph and the channel groups of ``model``, within the analysis budget (ChannelAnalysisError
     otherwise)."""
     graph = build_graph(model, input_shape)
-    with analysis_budget():
+    with _remembered_failure(model, input_shape), analysis_budget():
         return graph, channel_groups(model, graph)
 
 
