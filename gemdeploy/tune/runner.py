@@ -267,7 +267,7 @@ class Tune:
         dense = self.state.get("dense", {})
         for b, lat in dense.get("latency_ms", {}).items():
             out.append({"name": "dense", "backend": b, "val_acc": dense["val_acc"], "latency_ms": lat,
-                        "speedup": dense["speedup"].get(b) or 1.0, "pattern": "dense", "sparsity": 0.0})
+                        "speedup": dense.get("speedup", {}).get(b) or 1.0, "pattern": "dense", "sparsity": 0.0})
         for name, rec in self.state["candidates"].items():
             for b, m in rec.get("backends", {}).items():
                 out.append({"name": name, "backend": b, "val_acc": rec["val_acc"], "latency_ms": m["latency_ms"],
