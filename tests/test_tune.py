@@ -188,3 +188,38 @@ def test_imp_candidates_continue_one_chain_of_levels(tmp_path):
     assert reused and trained and min(trained) >= len(reused)  # the first rounds came from the chain
     assert json.loads((first / "summary.json").read_text())["sparsity"] == pytest.approx(0.8, abs=0.01)
     assert json.loads((second / "summary.json").read_text())["sparsity"] == pytest.approx(0.9, abs=0.01)
+
+
+@pytest.mark.slow
+def test_the_tune_benchmark_smoke_run_and_its_gpu_variant(tmp_path):
+    """benchmarks/tune.py's smoke run (toy budgets, the pick and the hand-found configuration measured side by
+    side) works end to end; its GPU variant refuses in one line where there is no GPU and renders its section
+    from a GPU run's JSON."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from conftest import REPO
+
+    smoke = subprocess.run([sys.executable, "-m", "benchmarks.tune", "--smoke", "--models", "lenet300", "--batches",
+                            "8", "--work", str(tmp_path / "w")], cwd=REPO, capture_output=True, text=True)
+    assert smoke.returncode == 0, smoke.stderr[-2000:]
+    rows = json.loads((tmp_path / "w" / "tune-benchmark.json").read_text())
+    assert [(r["model"], r["batch"]) for r in rows] == [("lenet300", 8)]
+    assert rows[0]["pick_speedup"] > 0 and rows[0]["hand_speedup"] > 0 and "| lenet300 | 8 |" in smoke.stdout
+    if not torch.cuda.is_available():
+        gpu = subprocess.run([sys.executable, "-m", "benchmarks.tune", "--gpu"], cwd=REPO, capture_output=True,
+                             text=True)
+        assert gpu.returncode != 0 and "needs a CUDA GPU" in gpu.stderr and "Traceback" not in gpu.stderr
+    sys.path.insert(0, str(REPO))
+    from benchmarks import tune as bench_tune
+
+    state = {"result": {"pick": {"name": "channel-s0.500-lr0.01", "backend": "pytorch-cuda-fp16", "speedup": 2.5,
+                                 "latency_ms": 0.4, "pick_test_acc": 0.95, "dense_test_acc": 0.96,
+                                 "val_drop_points": 0.6, "meets_goal": True, "why": "the fastest"},
+                        "untried": [], "warnings": []},
+             "dense": {"latency_ms": {"pytorch-cuda-fp16": 1.0}}, "seconds": 120.0, "candidates": {"a": {}}}
+    row = bench_tune.gpu_row("conv4", 256, state, 120.0)
+    text = bench_tune.render_gpu({"command": "c", "machine": "m", "budget": "3m", "rows": [row]})
+    assert "| conv4 | 256 | channel-s0.500-lr0.01 on pytorch-cuda-fp16 | **2.50x** |" in text
