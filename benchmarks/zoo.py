@@ -4,6 +4,8 @@
     .venv/bin/python -m benchmarks.zoo --models resnet18,regnet_x_400mf --patterns channel
     .venv/bin/python -m benchmarks.zoo --families            # the smallest model of each family
     .venv/bin/python -m benchmarks.zoo --smoke               # one small model, one pattern, no BENCHMARKS.md
+    .venv/bin/python -m benchmarks.zoo --resume              # continue an interrupted walk (its zoo.json in --work)
+    .venv/bin/python -m benchmarks.zoo --from-json W/zoo.json  # BENCHMARKS.md's section from a walk so far
 
 For every model of `torchvision.models.list_models(module=torchvision.models)` and every pattern, as a new user
 would: 48 random 3xSxS images of 10 classes (a data factory file this script writes), `mine --pattern P --sparsity
@@ -239,6 +241,13 @@ def _subset_note(walks: list[Walk]) -> str:
             "every pattern: `python -m benchmarks.zoo`.")
 
 
+def load_walks(path: Path) -> tuple[list[Walk], int, float, str]:
+    """The walks of a zoo.json (with its image size, seconds and command)."""
+    data = json.loads(path.read_text())
+    walks = [Walk(w["model"], w["pattern"], {k: Step(**v) for k, v in w["steps"].items()}) for w in data["walks"]]
+    return walks, data["size"], data["seconds"], data.get("command", "python -m benchmarks.zoo")
+
+
 def main(models: str = typer.Option("", help="Comma-separated torchvision names (default: every one)."),
          families: bool = typer.Option(False, "--families", help="Only the smallest model of each family."),
          patterns: str = typer.Option(",".join(PATTERNS), help="Comma-separated patterns."),
@@ -246,7 +255,15 @@ def main(models: str = typer.Option("", help="Comma-separated torchvision names 
          timeout: float = typer.Option(900.0, help="Seconds one step may take before it counts as a hang."),
          smoke: bool = typer.Option(False, help="One small model, one pattern, 32x32; nothing written to BENCHMARKS.md."),
          work: Path = typer.Option(ROOT / "benchmarks" / "results" / "zoo", help="Runs and zoo.json go here."),
-         write: bool = typer.Option(True, help="Write the Model zoo section of BENCHMARKS.md.")) -> None:
+         write: bool = typer.Option(True, help="Write the Model zoo section of BENCHMARKS.md."),
+         resume: bool = typer.Option(False, "--resume", help="Keep the walks already in --work's zoo.json (same "
+                                     "--size) and walk only the rest."),
+         from_json: Path = typer.Option(None, help="Only write BENCHMARKS.md's section from this zoo.json.")) -> None:
+    if from_json:
+        walks, size, seconds, command = load_walks(from_json)
+        print_table(walks)
+        write_section("model-zoo", render(walks, size, command, seconds))
+        return
     known = torchvision_models()
     names = [m for m in models.split(",") if m] or (family_representatives() if families else known)
     chosen = [p for p in patterns.split(",") if p]
@@ -255,20 +272,30 @@ def main(models: str = typer.Option("", help="Comma-separated torchvision names 
     unknown = [m for m in names if m not in known] + [p for p in chosen if p not in PATTERNS]
     if unknown:
         raise SystemExit(f"unknown model or pattern: {', '.join(unknown)}")
-    start, seconds = time.perf_counter(), 0.0
-    walks = []
+    command = "python -m benchmarks.zoo" + "".join(f" {a}" for a in sys.argv[1:] if a != "--resume")
+    walks, before = [], 0.0
+    if resume and (work / "zoo.json").is_file():
+        walks, old_size, before, command = load_walks(work / "zoo.json")
+        if old_size != size:
+            raise SystemExit(f"{work / 'zoo.json'} walked {old_size}x{old_size} images, not {size}x{size}")
+    done = {(w.model, w.pattern) for w in walks}
+    start, seconds = time.perf_counter(), before
     for name in names:
         for pattern in chosen:
+            if (name, pattern) in done:
+                continue
             w = walk(name, pattern, work, size, timeout=timeout)
             print(f"{name} {pattern}: " + ", ".join(f"{s} {_cell(w.steps[s])}" for s in STEPS), flush=True)
             walks.append(w)
-            seconds = time.perf_counter() - start  # saved after every walk: an interrupted walk keeps its results
-            (work / "zoo.json").write_text(json.dumps({"size": size, "seconds": seconds,
-                                                      "walks": [asdict(w) for w in walks]}, indent=1))
+            seconds = before + time.perf_counter() - start  # saved after every walk: an interrupted walk keeps it
+            work.mkdir(parents=True, exist_ok=True)
+            tmp = work / "zoo.json.tmp"
+            tmp.write_text(json.dumps({"size": size, "seconds": seconds, "command": command,
+                                       "walks": [asdict(w) for w in walks]}, indent=1))
+            tmp.replace(work / "zoo.json")
     print_table(walks)
     print(summary(walks))
     if write:
-        command = "python -m benchmarks.zoo" + "".join(f" {a}" for a in sys.argv[1:])
         write_section("model-zoo", render(walks, size, command, seconds))
     if any(w.failed for w in walks):
         raise SystemExit(1)

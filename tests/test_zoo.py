@@ -78,3 +78,9 @@ def test_smoke_walk_runs_the_script(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "squeezenet1_1 unstructured: mine ok" in proc.stdout and "0 failures" in proc.stdout
     assert (tmp_path / "zoo.json").is_file()
+    # Resumed, the finished walk is kept, not walked again.
+    again = subprocess.run([sys.executable, "-m", "benchmarks.zoo", "--smoke", "--resume", "--work", str(tmp_path)],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "squeezenet1_1 unstructured: mine" not in again.stdout, again.stderr[-2000:]
+    walks, size, _, _ = zoo.load_walks(tmp_path / "zoo.json")
+    assert [(w.model, w.pattern) for w in walks] == [("squeezenet1_1", "unstructured")] and size == zoo.SMOKE_SIZE
