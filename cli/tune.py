@@ -60,7 +60,7 @@ def print_result(result: dict) -> None:
     pick = result["pick"]
     front = {(o["name"], o["backend"]) for o in result["pareto_front"]}
     table = Table(title=f"gemdeploy tune: {result['goal']}")
-    for col in ("candidate", "backend", "val acc", "drop (pts)", "95% interval", "latency ms", "vs dense", "MB", ""):
+    for col in ("candidate", "backend", "val acc", "drop (pts)", "95% CI", "latency ms", "vs dense", "MB", ""):
         table.add_column(col, justify="left" if col in ("candidate", "backend", "") else "right")
     for o in sorted(result["options"], key=lambda o: (o["backend"], o["latency_ms"])):
         mark = ("pick " if (o["name"], o["backend"]) == (pick["name"], pick["backend"]) else "") + \
@@ -68,7 +68,7 @@ def print_result(result: dict) -> None:
         size = f"{o['file_bytes'] / 1e6:.2f}" if o.get("file_bytes") else "-"
         interval = o.get("val_drop_interval")
         table.add_row(o["name"], o["backend"], f"{100 * o['val_acc']:.2f}%", f"{o['val_drop_points']:+.2f}",
-                      f"{interval[0]:+.1f} to {interval[1]:+.1f}" if interval else "-", f"{o['latency_ms']:.3g}", f"{o['speedup']:.2f}x" if o.get("speedup") else "-", size, mark)
+                      f"{interval[0]:+.1f}..{interval[1]:+.1f}" if interval else "-", f"{o['latency_ms']:.3g}", f"{o['speedup']:.2f}x" if o.get("speedup") else "-", size, mark)
     console = Console()
     console.print(table)
     verdict = "Pick" if pick["meets_goal"] else "Goal not reached; closest"
