@@ -68,7 +68,8 @@ def print_result(result: dict) -> None:
         size = f"{o['file_bytes'] / 1e6:.2f}" if o.get("file_bytes") else "-"
         interval = o.get("val_drop_interval")
         table.add_row(o["name"], o["backend"], f"{100 * o['val_acc']:.2f}%", f"{o['val_drop_points']:+.2f}",
-                      f"{interval[0]:+.1f}..{interval[1]:+.1f}" if interval else "-", f"{o['latency_ms']:.3g}", f"{o['speedup']:.2f}x" if o.get("speedup") else "-", size, mark)
+                      f"{interval[0]:+.1f}..{interval[1]:+.1f}" if interval else "-", f"{o['latency_ms']:.3g}",
+                      f"{o['speedup']:.2f}x" if o.get("speedup") else "-", size, mark)
     console = Console()
     console.print(table)
     verdict = "Pick" if pick["meets_goal"] else "Goal not reached; closest"
