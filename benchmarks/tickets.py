@@ -195,7 +195,7 @@ def run_unit(unit) -> list[dict]:
             if imp and deepest is None:
                 deepest = path
             records.append({**summary_record(s, model, data, method, d, seed),
-                            "reused_levels": cfg.imp_from is not None, "run": str(path.relative_to(runs))})
+                            "reused_levels": getattr(cfg, "imp_from", None) is not None, "run": str(path.relative_to(runs))})
             print(f"[{time.perf_counter() - started:7.1f} s] {model}/{data} {method:11s} d={d:.4f} seed={seed} "
                   f"test={s['test_acc']:.4f} ttt={s['time_to_ticket_s']:.1f}s ({time.perf_counter() - t0:.1f}s)",
                   flush=True)

@@ -90,9 +90,10 @@ def _init_source(init_from: Any, model: Any) -> tuple[str | None, Any]:
 
 def _mine_options(options: dict) -> None:
     from gemdeploy.options import spec_of
-    from gemdeploy.run.config import MineConfig
+    from gemdeploy.run.config import MineConfig, method_option_groups
 
-    allowed = {f.name for f in dataclasses.fields(MineConfig) if spec_of(f) and spec_of(f).cli}
+    declared = [f for cls in (MineConfig, *method_option_groups()) for f in dataclasses.fields(cls)]
+    allowed = {f.name for f in declared if spec_of(f) and spec_of(f).cli}
     allowed -= {"model", "data", "init_from"}
     unknown = sorted(set(options) - allowed)
     if unknown:
