@@ -28,7 +28,8 @@ import typer
 
 from benchmarks.report import ROOT, finished_summary, machine, markdown_table, write_section
 from gemdeploy.mine.context import RunContext
-from gemdeploy.mine.pipeline import prepare, run_mine
+from gemdeploy.mine.pipeline import prepare
+from gemdeploy.stages import mine_in
 from gemdeploy.mine.recipes import AUTHORS_RESNET20
 from gemdeploy.progress import Reporter
 from gemdeploy.run import layout
@@ -49,7 +50,7 @@ def _mine(cfg: MineConfig, out: Path, prepared, report_only: bool = False) -> di
     if done is not None or report_only:
         return done
     run = RunDir.create(out, resume=out.exists())
-    return run_mine(cfg, run, resume=out.exists(), reporter=Reporter(enabled=False), prepared=prepared)
+    return mine_in(cfg, run, resume=out.exists(), reporter=Reporter(enabled=False), prepared=prepared)
 
 
 def _retrain_with_imp_recipe(source: Path, out: Path, prepared, report_only: bool = False) -> dict | None:

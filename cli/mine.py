@@ -78,12 +78,12 @@ mine = command(_mine, cli_parameters(MineConfig) + method_parameters() + _OWN)
 
 def run_command(out: Path, cfg: MineConfig | None, *, resume: bool, overwrite: bool, quiet: bool,
                 json_out: bool) -> None:
-    from gemdeploy.mine.pipeline import mine_run
+    from gemdeploy import stages
     from gemdeploy.progress import Reporter
     from gemdeploy.train import distributed as dist
 
-    run, summary = mine_run(out, cfg, resume=resume, overwrite=overwrite,
-                            reporter=Reporter(enabled=not quiet and dist.is_main()))
+    run, summary = stages.mine(out, cfg, resume=resume, overwrite=overwrite,
+                               reporter=Reporter(enabled=not quiet and dist.is_main()))
     if dist.is_main():
         print_summary(summary, run.path, json_out)
     # Leave together: a rank that tears down its process group while another still works (rank 0 compacts

@@ -108,7 +108,7 @@ def mine(model: Any, data: Any, out: str | Path, *, init_from: Any = None, resum
 
     ``init_from``: a safetensors file, a state dict, or "model" (the given nn.Module's own weights): every method
     starts from those weights (Gem-Miner mines scores over them) and the run records their sha256."""
-    from gemdeploy.mine.pipeline import mine_run
+    from gemdeploy import stages
     from gemdeploy.progress import Reporter
     from gemdeploy.run import layout
     from gemdeploy.run.config import MineConfig
@@ -127,11 +127,11 @@ def mine(model: Any, data: Any, out: str | Path, *, init_from: Any = None, resum
             for key, given in (("model", model_text), ("data", data_text)):
                 if recorded.get(key) not in (None, given, user_code.absolute(given)):
                     raise GemdeployError(f"{out} was mined with {key} {recorded[key]}, not {given}")
-            run, _ = mine_run(out, None, resume=True, reporter=Reporter(enabled=not quiet))
+            run, _ = stages.mine(out, None, resume=True, reporter=Reporter(enabled=not quiet))
         else:
             cfg = MineConfig(model=model_text, data=data_text, init_from=init_text, **options).validate().check_files()
             RunDir.check_new(out, overwrite=overwrite)
-            run, _ = mine_run(out, cfg, overwrite=overwrite, reporter=Reporter(enabled=not quiet))
+            run, _ = stages.mine(out, cfg, overwrite=overwrite, reporter=Reporter(enabled=not quiet))
     return Run(run.path, model=model if model_obj is not None else None,
                data=data_obj if data_obj is not None else None)
 

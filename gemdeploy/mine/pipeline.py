@@ -1,6 +1,7 @@
-"""`gemdeploy mine` as a list of resumable steps: initialize -> find the ticket -> train the ticket -> compact ->
-summarize. Each step's result is a file in the run directory (gemdeploy.run.layout); a resumed run skips every
-step whose file exists and continues the interrupted one from its last per-epoch checkpoint."""
+"""The mine stage as a list of resumable steps: initialize -> find the ticket -> train the ticket -> summarize.
+Each step's result is a file in the run directory (gemdeploy.run.layout); a resumed run skips every step whose file
+exists and continues the interrupted one from its last per-epoch checkpoint. Compaction is the next stage, chained
+after this one by gemdeploy.stages (which `gemdeploy mine`, gemdeploy.api and tune run)."""
 
 from __future__ import annotations
 
@@ -153,7 +154,6 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
         test = evaluate(model.eval(), data.test, hw)
     finally:
         reporter.close()
-    compaction = _compact(cfg, run) if dist.is_main() else None
 
     target = 0.0 if cfg.method == "dense" else cfg.sparsity
     summary = {
@@ -171,7 +171,7 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
         "ticket_training": {"starts_from": ft_info.get("starts_from"), "recipe": ft_info.get("recipe")},
         "device": str(hw.device), "layout": hw.describe(), "world_size": dist.world_size(),
         "ticket": {k: v for k, v in ticket_info.items() if k != "time_to_ticket_s"},
-        "compaction": compaction,
+        "compaction": None,  # the compact stage fills it in (gemdeploy.stages)
     }
     if kernels24:
         summary["sparse24_kernels"] = {k: v for k, v in kernels24.items() if k != "layers"}
@@ -191,13 +191,3 @@ def sparse24_benefit(ctx: RunContext) -> dict:
     covered = nm_eligible_layers(model, parse_nm(ctx.config.nm)[1])
     holds = {name: f"{name}.weight" in covered for name, _ in model.named_modules()}
     return model_benefit(model, ctx.data.input_shape, holds, not_holding="outside the 2:4 pattern (first or grouped conv)")
-
-
-def _compact(cfg: MineConfig, run: RunDir) -> dict:
-    """Compact the fine-tuned ticket into the run directory; returns the record's totals for summary.json."""
-    from gemdeploy.compact.compaction import compact_stage
-    from gemdeploy.run.artifacts import RunArtifacts
-
-    record = compact_stage(RunArtifacts.open(run.path), cfg.round_to)  # skipped when a resumed run has it
-    return {"before": record["before"], "after": record["after"], "file_bytes": record["file_bytes"],
-            "round_to": record["round_to"], "channels_left_whole": record.get("channels_left_whole")}
