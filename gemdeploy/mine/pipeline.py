@@ -24,6 +24,7 @@ from gemdeploy.progress import Reporter
 from gemdeploy.run import layout
 from gemdeploy.run.config import MineConfig
 from gemdeploy.run.rundir import RunDir
+from gemdeploy.sparsity import PATTERNS
 from gemdeploy.sparsity.masks import Mask
 from gemdeploy.train import distributed as dist
 from gemdeploy.models.init import given_weights, initialize
@@ -144,7 +145,7 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
                                   # a user's model keeps its BatchNorm as it defines it
                                   "affine_bn": None if is_spec(cfg.model) else False})
     ctx = RunContext(cfg, data, hw, run, reporter, initial_state(cfg, run, data), resume=resume)
-    kernels24 = sparse24_benefit(ctx) if cfg.pattern == "2:4" else None
+    kernels24 = sparse24_benefit(ctx) if PATTERNS.get(cfg.pattern).groups(cfg.nm) is not None else None
     if kernels24:
         reporter.log(kernels24["line"])
     method = ticket_method(cfg)

@@ -31,6 +31,7 @@ class GemMinerOptions(OptionGroup):
     invert_freezing: bool = option(False, "Freeze the highest |p| first (sanity's invert check).", cli=False)
 
     def cross_check(self, cfg) -> None:
+        # by name: this refusal comes before torch is imported (the pattern objects import it)
         if self.channel_sparsity is not None and cfg.pattern == "channel":
             raise GemdeployError("--channel-sparsity combines a channel ticket with --pattern unstructured or 2:4 "
                                  "(Gem-Miner only); with --pattern channel, --sparsity is the channel fraction")
