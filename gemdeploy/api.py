@@ -13,7 +13,8 @@ own data, then compact, export and benchmark it, every step on the same run dire
 ``torchvision:resnet18``), a factory (a function or class called with ``input_shape`` and ``num_classes``) or an
 ``nn.Module`` instance (copied; its weights are the start only with ``init_from="model"``). ``data`` is a built-in
 name, a spec string, a DataBundle, or splits as gemdeploy.data.user describes (a dict or tuple of (images,
-labels) tensors or Datasets). ``**options`` are `gemdeploy mine`'s options by field name (gemdeploy.run.config).
+labels) tensors or Datasets). ``**options`` are `gemdeploy mine`'s options by field name (gemdeploy.run.config),
+the method's own ones included (e.g. ``lam=3e-5`` for gem-miner, ``imp_lr=0.05`` for imp).
 
 A run mined from a Python object (an instance, a lambda, a function defined in ``__main__``) records it as
 ``python:NAME``: the CLI cannot rebuild it in another process and says so; reopen it here with
