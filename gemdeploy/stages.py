@@ -28,8 +28,10 @@ def compact(path: str | Path, summary: dict | None = None) -> dict:
     art = RunArtifacts.open(path)
     record = compact_stage(art, art.config.round_to)
     summary = dict(summary if summary is not None else art.summary())
-    summary["compaction"] = summary_totals(record)
-    art.run.write_json(layout.SUMMARY, summary)
+    totals = summary_totals(record)
+    if summary.get("compaction") != totals:  # a finished run's summary already holds them: nothing to write
+        summary["compaction"] = totals
+        art.run.write_json(layout.SUMMARY, summary)
     return summary
 
 

@@ -172,3 +172,24 @@ def test_a_method_option_given_to_another_method_is_refused_in_one_line(tmp_path
     assert_clean_error(cli("mine", "--model", "lenet300", "--method", "imp", "--lam", "1e-4", "--out", tmp_path / "x",
                            *QUICK), "--lam is an option of --method gem-miner; --method imp does not take it")
     assert not (tmp_path / "x").exists()
+
+
+def test_the_stage_chain_redoes_only_the_stage_whose_output_is_missing(tmp_path, lenet_run):
+    """gemdeploy.stages (what mine, api and tune run): on a mined run without its compaction, the mine stage is
+    skipped (no epoch trained again, summary kept) and the compact stage writes compact.json and its totals."""
+    import shutil
+
+    from gemdeploy import stages
+    from gemdeploy.progress import Reporter
+
+    out = tmp_path / "run"
+    shutil.copytree(lenet_run, out)
+    for name in ("compact.json", "compact.safetensors"):
+        (out / name).unlink()
+    metrics = (out / "metrics.jsonl").read_text()
+    _, summary = stages.mine(out, None, resume=True, reporter=Reporter(enabled=False), keep_finished=True)
+    assert (out / "compact.json").is_file() and (out / "metrics.jsonl").read_text() == metrics
+    assert summary == json.loads((out / "summary.json").read_text()) == json.loads((lenet_run / "summary.json").read_text())
+    written = (out / "summary.json").stat().st_mtime_ns
+    stages.mine(out, None, resume=True, reporter=Reporter(enabled=False), keep_finished=True)  # all done: no write
+    assert (out / "summary.json").stat().st_mtime_ns == written
