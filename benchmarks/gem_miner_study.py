@@ -28,8 +28,9 @@ import typer
 
 from benchmarks.report import ROOT, finished_summary, machine, markdown_table, write_section
 from gemdeploy.mine.context import RunContext
-from gemdeploy.mine.pipeline import prepare, run_mine
-from gemdeploy.mine.recipes import imp_recipe
+from gemdeploy.mine.pipeline import prepare
+from gemdeploy.stages import mine_in
+from gemdeploy.mine.recipes import AUTHORS_RESNET20
 from gemdeploy.progress import Reporter
 from gemdeploy.run import layout
 from gemdeploy.run.artifacts import RunArtifacts
@@ -49,7 +50,7 @@ def _mine(cfg: MineConfig, out: Path, prepared, report_only: bool = False) -> di
     if done is not None or report_only:
         return done
     run = RunDir.create(out, resume=out.exists())
-    return run_mine(cfg, run, resume=out.exists(), reporter=Reporter(enabled=False), prepared=prepared)
+    return mine_in(cfg, run, resume=out.exists(), reporter=Reporter(enabled=False), prepared=prepared)
 
 
 def _retrain_with_imp_recipe(source: Path, out: Path, prepared, report_only: bool = False) -> dict | None:
@@ -64,8 +65,7 @@ def _retrain_with_imp_recipe(source: Path, out: Path, prepared, report_only: boo
     hw, data = prepared
     run = RunDir.create(out, resume=out.exists()) if out.exists() else RunDir.create(out)
     ctx = RunContext(cfg, data, hw, run, Reporter(enabled=False), art.run.load_tensors(layout.INIT), resume=True)
-    recipe = imp_recipe(dataclasses.replace(cfg, imp_lr=0.1, imp_momentum=0.9, imp_weight_decay=1e-4,
-                                            imp_schedule="step"))
+    recipe = AUTHORS_RESNET20.recipe  # lr 0.1, momentum 0.9, weight decay 1e-4, step (a Gem-Miner run has no IMP options)
     model, res = train_masked(ctx, art.mask(), ctx.fresh_model(), phase="finetune", epochs=cfg.finetune_epochs,
                               recipe=recipe, seed=seed_for(cfg.seed, "training-data"), batch_size=cfg.batch_size)
     test = evaluate(model.eval(), data.test, hw)

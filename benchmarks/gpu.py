@@ -601,7 +601,8 @@ def _mine_command(cfg) -> str:
 
 def part_tickets(s: Settings, res: Results, clock: Clock, work: Path) -> None:
     from gemdeploy.mine.methods.imp import level_counts
-    from gemdeploy.mine.pipeline import prepare, run_mine
+    from gemdeploy.mine.pipeline import prepare
+    from gemdeploy.stages import mine_in
     from gemdeploy.models import build_model
     from gemdeploy.run.config import MineConfig
     from gemdeploy.run.rundir import RunDir
@@ -649,7 +650,7 @@ def part_tickets(s: Settings, res: Results, clock: Clock, work: Path) -> None:
             f"+ {s.finetune_epochs} ticket epochs, {clock.left():.0f} s left")
         started = time.perf_counter()
         try:
-            summary = run_mine(cfg, RunDir.create(out, overwrite=True), reporter=DeadlineReporter(clock, method),
+            summary = mine_in(cfg, RunDir.create(out, overwrite=True), reporter=DeadlineReporter(clock, method),
                                prepared=prepared)
         except BudgetExceeded as exc:
             last = RunDir(out).metrics()[-1:] or [{}]
@@ -738,10 +739,10 @@ def _sparsifier(cuda: bool) -> tuple[Callable[[torch.Tensor], torch.Tensor], str
 
 
 def _ticket_run(work: Path, model: str, pattern: str, sparsity: float, hw, s: Settings) -> nn.Module:
-    """A 1-epoch Gem-Miner ticket on a few random CIFAR-shaped images, compacted by `mine` itself."""
+    """A 1-epoch Gem-Miner ticket on a few random CIFAR-shaped images, mined and compacted (gemdeploy.stages)."""
     from gemdeploy.compact.compaction import load_compacted_model
     from gemdeploy.data.sets import synthetic_bundle
-    from gemdeploy.mine.pipeline import run_mine
+    from gemdeploy.stages import mine_in
     from gemdeploy.progress import Reporter
     from gemdeploy.run.artifacts import RunArtifacts
     from gemdeploy.run.config import MineConfig
@@ -752,7 +753,7 @@ def _ticket_run(work: Path, model: str, pattern: str, sparsity: float, hw, s: Se
     cfg = MineConfig(model=model, data="synthetic", method="gem-miner", pattern=pattern, sparsity=sparsity, epochs=1,
                      finetune_epochs=0, batch_size=min(128, n), device=s.device).resolve(train_size=n)
     out = work / "inference" / f"{model}-{pattern.replace(':', 'of')}"
-    run_mine(cfg, RunDir.create(out, overwrite=True), reporter=Reporter(enabled=False), prepared=(hw, data))
+    mine_in(cfg, RunDir.create(out, overwrite=True), reporter=Reporter(enabled=False), prepared=(hw, data))
     return load_compacted_model(RunArtifacts.open(out)).eval()
 
 

@@ -31,7 +31,8 @@ import typer
 
 from benchmarks.report import ROOT, finished_summary, machine, markdown_table, write_section
 from gemdeploy.run.config import MineConfig
-from gemdeploy.mine.pipeline import prepare, run_mine
+from gemdeploy.mine.pipeline import prepare
+from gemdeploy.stages import mine_in
 from gemdeploy.progress import Reporter
 from gemdeploy.run.rundir import RunDir
 
@@ -65,9 +66,9 @@ def one_run(cfg: MineConfig, out: Path, prepared) -> dict:
     if done is not None:
         return done
     if out.exists():  # an interrupted run: continue it
-        return run_mine(cfg, RunDir.create(out, resume=True), resume=True, reporter=Reporter(enabled=False),
+        return mine_in(cfg, RunDir.create(out, resume=True), resume=True, reporter=Reporter(enabled=False),
                         prepared=prepared)
-    return run_mine(cfg, RunDir.create(out), reporter=Reporter(enabled=False), prepared=prepared)
+    return mine_in(cfg, RunDir.create(out), reporter=Reporter(enabled=False), prepared=prepared)
 
 
 def aggregate(runs: list[dict]) -> list[dict]:
@@ -195,7 +196,7 @@ def run_unit(unit) -> list[dict]:
             if imp and deepest is None:
                 deepest = path
             records.append({**summary_record(s, model, data, method, d, seed),
-                            "reused_levels": cfg.imp_from is not None, "run": str(path.relative_to(runs))})
+                            "reused_levels": getattr(cfg, "imp_from", None) is not None, "run": str(path.relative_to(runs))})
             print(f"[{time.perf_counter() - started:7.1f} s] {model}/{data} {method:11s} d={d:.4f} seed={seed} "
                   f"test={s['test_acc']:.4f} ttt={s['time_to_ticket_s']:.1f}s ({time.perf_counter() - t0:.1f}s)",
                   flush=True)

@@ -48,10 +48,10 @@ def compact(
             raise GemdeployError("--pattern 2:4 writes a new run: pass --out DIR (RUN itself is never modified)")
         if Path(out).resolve() == Path(run).resolve():
             raise GemdeployError("--out must differ from RUN: the source run is never modified")
-        from gemdeploy.mine.nm_project import project_run
+        from gemdeploy import stages
 
-        summary = project_run(run, out, nm=nm, finetune_epochs=finetune_epochs, round_to=round_to,
-                              overwrite=overwrite, device=device, quiet=quiet)
+        summary = stages.project(run, out, nm=nm, finetune_epochs=finetune_epochs, round_to=round_to,
+                                 overwrite=overwrite, device=device, quiet=quiet)
         new = RunArtifacts.open(out)
         record, target = new.run.read_json(RECORD), out
         source = RunArtifacts.open(run)

@@ -1,5 +1,6 @@
 """`gemdeploy mine`: find a ticket, train it, compact it, into a run directory. Its options are MineConfig's
-fields (gemdeploy.run.config), declared once there with their help and ranges."""
+fields (gemdeploy.run.config), declared once there with their help and ranges, then each method's own options group
+(declared next to the method), shown under the method's name."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import typer
 
 from gemdeploy.cli.errors import friendly_errors
 from gemdeploy.errors import GemdeployError
-from gemdeploy.options import at_least, cli_parameters, command, from_cli, require
-from gemdeploy.run.config import MineConfig
+from gemdeploy.options import at_least, changed, cli_parameters, command, from_cli, require
+from gemdeploy.run.config import MineConfig, method_option_groups
 
 _OWN = [
     inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
@@ -37,7 +38,7 @@ def _mine(**values) -> None:
     out, resume, overwrite = values["out"], values["resume"], values["overwrite"]
     require("--nproc-per-node", values["nproc_per_node"], at_least(1))
     # Bad values (and missing files) fail before torch, or the user's code, is imported.
-    cfg = None if resume else from_cli(MineConfig, values).validate().check_files()
+    cfg = None if resume else config_from_cli(values).validate().check_files()
     if not resume and int(os.environ.get("RANK", "0")) == 0:
         from gemdeploy.run.rundir import RunDir
 
@@ -53,17 +54,36 @@ def _mine(**values) -> None:
         dist.teardown()
 
 
-mine = command(_mine, cli_parameters(MineConfig) + _OWN)
+def method_panel(group, names: list[str]) -> str:
+    """The help panel of a method's options: the methods that take them, by name."""
+    return f"--method {' / '.join(names)}" + (f" ({group.note})" if group.note else "")
+
+
+def method_parameters() -> list[inspect.Parameter]:
+    return [p for group, names in method_option_groups().items()
+            for p in cli_parameters(group, panel=method_panel(group, names))]
+
+
+def config_from_cli(values: dict) -> MineConfig:
+    """The run's configuration from the parsed command line: the shared options, and the method options given
+    (MineConfig puts the --method's into its group and refuses another method's)."""
+    given = {}
+    for group in method_option_groups():
+        given.update(changed(from_cli(group, values)))
+    return from_cli(MineConfig, values, **given)
+
+
+mine = command(_mine, cli_parameters(MineConfig) + method_parameters() + _OWN)
 
 
 def run_command(out: Path, cfg: MineConfig | None, *, resume: bool, overwrite: bool, quiet: bool,
                 json_out: bool) -> None:
-    from gemdeploy.mine.pipeline import mine_run
+    from gemdeploy import stages
     from gemdeploy.progress import Reporter
     from gemdeploy.train import distributed as dist
 
-    run, summary = mine_run(out, cfg, resume=resume, overwrite=overwrite,
-                            reporter=Reporter(enabled=not quiet and dist.is_main()))
+    run, summary = stages.mine(out, cfg, resume=resume, overwrite=overwrite,
+                               reporter=Reporter(enabled=not quiet and dist.is_main()))
     if dist.is_main():
         print_summary(summary, run.path, json_out)
     # Leave together: a rank that tears down its process group while another still works (rank 0 compacts

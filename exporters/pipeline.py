@@ -58,7 +58,7 @@ def sparse24_benefit(model: torch.nn.Module, art: RunArtifacts) -> dict:
     run, whether their weights hold the pattern), said before the export starts and kept in export.json."""
     from gemdeploy.sparsity.kernels24 import holds_per_layer, model_benefit
 
-    if art.config.pattern == "2:4":
+    if PATTERNS.get(art.config.pattern).groups(art.config.nm) is not None:  # an N:M run: say whether it holds
         return model_benefit(model, art.input_shape, holds_per_layer(model))
     found = model_benefit(model, art.input_shape)
     found["line"] += "; this run's weights are not 2:4 (`gemdeploy compact RUN --pattern 2:4 --out NEW` projects them)"

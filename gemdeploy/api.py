@@ -13,7 +13,8 @@ own data, then compact, export and benchmark it, every step on the same run dire
 ``torchvision:resnet18``), a factory (a function or class called with ``input_shape`` and ``num_classes``) or an
 ``nn.Module`` instance (copied; its weights are the start only with ``init_from="model"``). ``data`` is a built-in
 name, a spec string, a DataBundle, or splits as gemdeploy.data.user describes (a dict or tuple of (images,
-labels) tensors or Datasets). ``**options`` are `gemdeploy mine`'s options by field name (gemdeploy.run.config).
+labels) tensors or Datasets). ``**options`` are `gemdeploy mine`'s options by field name (gemdeploy.run.config),
+the method's own ones included (e.g. ``lam=3e-5`` for gem-miner, ``imp_lr=0.05`` for imp).
 
 A run mined from a Python object (an instance, a lambda, a function defined in ``__main__``) records it as
 ``python:NAME``: the CLI cannot rebuild it in another process and says so; reopen it here with
@@ -90,9 +91,10 @@ def _init_source(init_from: Any, model: Any) -> tuple[str | None, Any]:
 
 def _mine_options(options: dict) -> None:
     from gemdeploy.options import spec_of
-    from gemdeploy.run.config import MineConfig
+    from gemdeploy.run.config import MineConfig, method_option_groups
 
-    allowed = {f.name for f in dataclasses.fields(MineConfig) if spec_of(f) and spec_of(f).cli}
+    declared = [f for cls in (MineConfig, *method_option_groups()) for f in dataclasses.fields(cls)]
+    allowed = {f.name for f in declared if spec_of(f) and spec_of(f).cli}
     allowed -= {"model", "data", "init_from"}
     unknown = sorted(set(options) - allowed)
     if unknown:
@@ -107,7 +109,7 @@ def mine(model: Any, data: Any, out: str | Path, *, init_from: Any = None, resum
 
     ``init_from``: a safetensors file, a state dict, or "model" (the given nn.Module's own weights): every method
     starts from those weights (Gem-Miner mines scores over them) and the run records their sha256."""
-    from gemdeploy.mine.pipeline import mine_run
+    from gemdeploy import stages
     from gemdeploy.progress import Reporter
     from gemdeploy.run import layout
     from gemdeploy.run.config import MineConfig
@@ -126,11 +128,11 @@ def mine(model: Any, data: Any, out: str | Path, *, init_from: Any = None, resum
             for key, given in (("model", model_text), ("data", data_text)):
                 if recorded.get(key) not in (None, given, user_code.absolute(given)):
                     raise GemdeployError(f"{out} was mined with {key} {recorded[key]}, not {given}")
-            run, _ = mine_run(out, None, resume=True, reporter=Reporter(enabled=not quiet))
+            run, _ = stages.mine(out, None, resume=True, reporter=Reporter(enabled=not quiet))
         else:
             cfg = MineConfig(model=model_text, data=data_text, init_from=init_text, **options).validate().check_files()
             RunDir.check_new(out, overwrite=overwrite)
-            run, _ = mine_run(out, cfg, overwrite=overwrite, reporter=Reporter(enabled=not quiet))
+            run, _ = stages.mine(out, cfg, overwrite=overwrite, reporter=Reporter(enabled=not quiet))
     return Run(run.path, model=model if model_obj is not None else None,
                data=data_obj if data_obj is not None else None)
 

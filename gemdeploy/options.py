@@ -18,7 +18,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 from gemdeploy.errors import GemdeployError
 
@@ -176,6 +176,29 @@ def defaults(cls) -> dict[str, Any]:
     return out
 
 
+def changed(obj: Any) -> dict[str, Any]:
+    """The declared fields of the dataclass ``obj`` whose value is not their default (what a user gave)."""
+    base = defaults(type(obj))
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
+            if f.name in base and getattr(obj, f.name) != base[f.name]}
+
+
+class OptionGroup:
+    """The options one ticket method declares for itself: subclass it as a frozen dataclass of `option(...)` fields
+    (open_lth's per-strategy hparams). The run's configuration holds the group of its --method, records it in
+    config.json, validates it with `validate` and shows it in `mine -h` under the method's name."""
+
+    note: ClassVar[str] = ""  # said after the method's name in the help panel
+
+    def cross_check(self, cfg: Any) -> None:
+        """Refuse (GemdeployError) a combination with the shared options of ``cfg`` (a MineConfig)."""
+
+    def resolved(self, cfg: Any, train_size: int | None) -> "OptionGroup":
+        """The group that runs: the reference values in place of the options left at None (``cfg`` the MineConfig,
+        ``train_size`` the training split's length, or None where it is not known yet)."""
+        return self
+
+
 # --- command line ----------------------------------------------------------------------------------------
 def _cli_annotation(tp: Any) -> Any:
     """The Typer annotation for a field type. Choices stay plain strings: `validate` refuses a bad one with the
@@ -190,8 +213,10 @@ def _cli_annotation(tp: Any) -> Any:
     return tp
 
 
-def cli_parameters(cls, *, skip: tuple[str, ...] = (), overrides: dict[str, Any] | None = None) -> list[inspect.Parameter]:
-    """Typer options for every declared command-line field of ``cls`` (in declaration order)."""
+def cli_parameters(cls, *, skip: tuple[str, ...] = (), overrides: dict[str, Any] | None = None,
+                   panel: str | None = None) -> list[inspect.Parameter]:
+    """Typer options for every declared command-line field of ``cls`` (in declaration order); ``panel``: the help
+    panel of them all (a method's options group shows under the method's name)."""
     import typer
 
     hints = typing.get_type_hints(cls)
@@ -220,7 +245,7 @@ def cli_parameters(cls, *, skip: tuple[str, ...] = (), overrides: dict[str, Any]
         if spec.parse is not None:  # the command line hands over text; `from_cli` parses it
             annotation = typing.Optional[str]
             default = None if default is None else str(default)
-        opt = typer.Option(default, *names, help=help_text, rich_help_panel=spec.panel, show_default=tp is not bool,
+        opt = typer.Option(default, *names, help=help_text, rich_help_panel=panel or spec.panel, show_default=tp is not bool,
                            **extra)
         params.append(inspect.Parameter(param_name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=annotation))
     return params

@@ -1,7 +1,8 @@
 """Name -> implementation registries (models, data sets, methods, bench backends, export precisions).
 
 Each registry is declared as one table of ``name: ("module:attribute", one-line summary)``: the names, their
-order and their descriptions live there and nowhere else. Implementations are imported only when asked for,
+order and their descriptions live there and nowhere else. A method's entry may add a third place, its options group
+(a light module, so `mine -h` lists the group without importing the method). Implementations are imported only when asked for,
 so listing choices (help texts, `gemdeploy methods`, a refused bad argument) never imports torch.
 """
 
@@ -16,14 +17,17 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, table: dict[str, tuple[str, str]] | None = None):
+    def __init__(self, kind: str, table: dict[str, tuple[str, ...]] | None = None):
         self.kind = kind
         self._where: dict[str, str] = {}
         self._summary: dict[str, str] = {}
+        self._options_where: dict[str, str] = {}
         self._loaded: dict[str, T] = {}
-        for name, (where, summary) in (table or {}).items():
+        for name, (where, summary, *options) in (table or {}).items():
             self._where[name] = where
             self._summary[name] = summary
+            if options:
+                self._options_where[name] = options[0]
 
     def register(self, name: str, summary: str = "") -> Callable[[T], T]:
         """Add an implementation at run time (tests, plugins); declared names belong in the table."""
@@ -46,6 +50,16 @@ class Registry(Generic[T]):
         self._loaded[name] = item
         return item
 
+    def options(self, name: str):
+        """The options group ``name`` declares (a gemdeploy.options.OptionGroup dataclass), or None."""
+        if name not in self:
+            raise unknown_choice(self.kind, name, self.names())
+        where = self._options_where.get(name)
+        if where is None:
+            return getattr(self._loaded.get(name), "Options", None)  # one registered at run time carries its own
+        module, attr = where.split(":")
+        return getattr(importlib.import_module(module), attr)
+
     def names(self) -> list[str]:
         """Every name, in declaration order."""
         return list(dict.fromkeys([*self._where, *self._loaded]))
@@ -67,9 +81,12 @@ class Registry(Generic[T]):
 # and resolves --method without importing the mine stage; gemdeploy.mine.methods exposes the same object.
 _M = "gemdeploy.mine.methods"
 METHODS: Registry = Registry("method", {
-    "gem-miner": (f"{_M}.gem_miner:GemMiner", "Gem-Miner (Sreenivasan et al., 2022): scores trained at init, iterative freezing"),
-    "imp": (f"{_M}.imp:IMP", "iterative magnitude pruning with weight rewinding (Frankle et al.), 20% per round"),
-    "imp-ft": (f"{_M}.imp_ft:IMPFineTune", "IMP with learning-rate rewinding (Renda et al., 2020)"),
+    "gem-miner": (f"{_M}.gem_miner:GemMiner", "Gem-Miner (Sreenivasan et al., 2022): scores trained at init, iterative freezing",
+                  f"{_M}.gem_miner_options:GemMinerOptions"),
+    "imp": (f"{_M}.imp:IMP", "iterative magnitude pruning with weight rewinding (Frankle et al.), 20% per round",
+            f"{_M}.imp_options:ImpOptions"),
+    "imp-ft": (f"{_M}.imp_ft:IMPFineTune", "IMP with learning-rate rewinding (Renda et al., 2020)",
+               f"{_M}.imp_options:ImpOptions"),
     "random": (f"{_M}.random_prune:RandomPruning", "random positions, the same density in every layer"),
     "magnitude": (f"{_M}.magnitude:MagnitudeAtInit", "global magnitude of the initial weights"),
     "snip": (f"{_M}.snip:Snip", "SNIP (Lee et al., 2019): connection sensitivity |w * dL/dw| at init"),

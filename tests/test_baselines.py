@@ -270,7 +270,7 @@ def test_lam_auto_picks_the_best_lambda_on_the_validation_split(tmp_path):
         "2", "--lam", "auto", "--quiet", "--out", out, check=True)
     summary = json.loads((out / "summary.json").read_text())
     search = summary["ticket"]["lam_search"]
-    assert json.loads((out / "config.json").read_text())["lam"] == "auto"  # what the user asked for
+    assert json.loads((out / "config.json").read_text())["method_options"]["lam"] == "auto"  # what the user asked for
     assert [r["lam"] for r in search["results"]] == search["grid"]
     best = max(r["val_acc"] for r in search["results"])
     chosen = next(r for r in search["results"] if r["lam"] == search["chosen"])

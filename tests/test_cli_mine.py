@@ -146,3 +146,50 @@ def test_a_broken_ticket_ends_with_a_visible_warning(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["warnings"] and any("near chance" in w for w in summary["warnings"]), summary["warnings"]
     assert "WARNING:" in proc.stderr and "near chance" in proc.stderr
+
+
+def test_a_run_of_gemdeploy_before_method_option_groups_still_loads_and_resumes(tmp_path, lenet_run):
+    """config.json of gemdeploy < 0.3 held every method's options flat (a Gem-Miner run recorded IMP's reference
+    recipe too): it loads, resumes, and is rewritten with the run's own method's options as its group."""
+    import shutil
+
+    out = tmp_path / "old"
+    shutil.copytree(lenet_run, out)
+    new = json.loads((out / "config.json").read_text())
+    old = {k: v for k, v in new.items() if k != "method_options"}
+    old.update(new["method_options"])
+    old.update({"imp_lr": 0.1, "imp_momentum": 0.0, "imp_weight_decay": 0.0, "imp_schedule": "constant",
+                "imp_rewind_iter": 0, "imp_prune_output": False, "imp_from": None})
+    (out / "config.json").write_text(json.dumps(old))
+    (out / "summary.json").unlink()
+    cli("mine", "--out", out, "--resume", "--quiet", check=True)
+    assert json.loads((out / "config.json").read_text()) == new
+    assert (json.loads((out / "summary.json").read_text())["test_acc"]
+            == json.loads((lenet_run / "summary.json").read_text())["test_acc"])
+
+
+def test_a_method_option_given_to_another_method_is_refused_in_one_line(tmp_path):
+    assert_clean_error(cli("mine", "--model", "lenet300", "--method", "imp", "--lam", "1e-4", "--out", tmp_path / "x",
+                           *QUICK), "--lam is an option of --method gem-miner; --method imp does not take it")
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_stage_chain_redoes_only_the_stage_whose_output_is_missing(tmp_path, lenet_run):
+    """gemdeploy.stages (what mine, api and tune run): on a mined run without its compaction, the mine stage is
+    skipped (no epoch trained again, summary kept) and the compact stage writes compact.json and its totals."""
+    import shutil
+
+    from gemdeploy import stages
+    from gemdeploy.progress import Reporter
+
+    out = tmp_path / "run"
+    shutil.copytree(lenet_run, out)
+    for name in ("compact.json", "compact.safetensors"):
+        (out / name).unlink()
+    metrics = (out / "metrics.jsonl").read_text()
+    _, summary = stages.mine(out, None, resume=True, reporter=Reporter(enabled=False), keep_finished=True)
+    assert (out / "compact.json").is_file() and (out / "metrics.jsonl").read_text() == metrics
+    assert summary == json.loads((out / "summary.json").read_text()) == json.loads((lenet_run / "summary.json").read_text())
+    written = (out / "summary.json").stat().st_mtime_ns
+    stages.mine(out, None, resume=True, reporter=Reporter(enabled=False), keep_finished=True)  # all done: no write
+    assert (out / "summary.json").stat().st_mtime_ns == written

@@ -13,6 +13,7 @@ import torch
 from conftest import cli
 
 from gemdeploy.bench.backends import BACKENDS
+from gemdeploy.errors import GemdeployError
 from gemdeploy.exporters.precisions import PRECISIONS
 from gemdeploy.mine.methods import METHODS
 from gemdeploy.models.init import INITS
@@ -30,15 +31,44 @@ def test_every_method_declares_what_mine_asks_of_it(name):
     assert method.default_init in INITS
     assert method.patterns and set(method.patterns) <= set(PATTERNS.names())
     cfg = MineConfig(model="lenet300", data="digits", method=name)
-    own = method.option_defaults(cfg, 3500)
-    assert set(own) <= CONFIG_FIELDS and all(v is not None for v in own.values())
+    group = METHODS.options(name)
+    assert (cfg.method_options is None) if group is None else isinstance(cfg.method_options, group)
     resolved = cfg.resolve(train_size=3500)
     assert resolved.init == method.default_init
-    assert all(getattr(resolved, k) == v for k, v in own.items())  # config.json records the method's values
+    own = {} if group is None else dataclasses.asdict(resolved.method_options)
+    assert not set(own) & CONFIG_FIELDS  # a method's option never shadows a shared one
+    assert resolved.to_json()["method_options"] == (own or None)  # config.json records the method's values
+    if group is not None:  # ... every reference value filled in: resolving again changes nothing
+        assert resolved.method_options.resolved(resolved, 3500) == resolved.method_options
     for pattern in PATTERNS.names():  # a pattern the method does not declare is refused with the ones it does
         if pattern not in method.patterns:
             with pytest.raises(Exception, match="does not support --pattern"):
                 dataclasses.replace(cfg, pattern=pattern).resolve()
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS.names() if METHODS.options(m) is not None])
+def test_every_method_options_group_shows_under_its_name_and_round_trips_config_json(name, capsys):
+    from gemdeploy.cli.app import main
+    from gemdeploy.options import cli_parameters, spec_of
+
+    group = METHODS.options(name)
+    with pytest.raises(SystemExit):
+        main(["mine", "-h"])
+    help_text = capsys.readouterr().out
+    # the group's panel names the method, and every command-line option of the group is in that panel
+    panel = next(block for block in help_text.split("╭─")[1:] if name in block.splitlines()[0].split())
+    flags = [p.default.param_decls[0] for p in cli_parameters(group)]
+    assert flags and all(flag in panel for flag in flags)
+    # given by name (as on the command line), recorded in config.json and read back the same
+    cfg = MineConfig(model="lenet300", data="digits", method=name).resolve(train_size=3500)
+    again = MineConfig.from_json(json.loads(json.dumps(cfg.to_json())))
+    assert again == cfg and isinstance(again.method_options, group)
+    assert all(getattr(again, f.name) == getattr(cfg.method_options, f.name) for f in dataclasses.fields(group))
+    # another method refuses the group's options in one line
+    other = next(m for m in METHODS.names() if METHODS.options(m) is not group)
+    given = next(f for f in dataclasses.fields(group) if spec_of(f).cli and getattr(cfg.method_options, f.name) is not None)
+    with pytest.raises(GemdeployError, match=f"does not take it"):
+        MineConfig(method=other, **{given.name: getattr(cfg.method_options, given.name)})
 
 
 @pytest.mark.parametrize("name", PATTERNS.names())

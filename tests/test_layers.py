@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Installed names of the folders (setup.py's package-dir mapping).
 ROOTS = {"gemdeploy": REPO / "gemdeploy", "gemdeploy.cli": REPO / "cli", "gemdeploy.exporters": REPO / "exporters",
          "gemdeploy.calibration": REPO / "calibration"}
-STAGES = {"mine", "train", "compact", "exporters", "calibration", "bench", "api", "cli"}
+STAGES = {"mine", "train", "compact", "exporters", "calibration", "bench", "stages", "api", "cli"}
 
 
 def _modules() -> dict[str, Path]:
@@ -102,6 +102,13 @@ def test_storage_and_library_layers_import_no_stage():
         up = sorted(f"{b} ({', '.join(where[:2])})" for (a, b), where in edges.items() if a == low and b in STAGES)
         assert not up, f"{low} imports a stage: {up}"
     assert not [b for (a, b) in edges if a == "files" and b != "errors"]  # the leaf: errors only
+
+
+def test_stages_never_call_each_other():
+    """mine does not compact and compact does not mine: gemdeploy.stages chains them (for the CLI, api and tune)."""
+    edges = folder_imports()
+    assert ("stages", "mine") in edges and ("stages", "compact") in edges  # the chain is where they meet
+    assert ("mine", "compact") not in edges and ("compact", "mine") not in edges
 
 
 def test_the_walk_finds_a_cycle_through_an_import_inside_a_function(tmp_path, monkeypatch):

@@ -67,7 +67,7 @@ def test_help_and_refusals_import_neither_torch_nor_onnxruntime():
     code = ("import sys, contextlib, io; from gemdeploy.cli.app import main\n"
             "for argv in (['--help'], ['mine', '-h'], ['--version'], ['methods'], ['mine', '--sparsity', '2', '--out', 'x'],"
             " ['export', 'x', '-p', 'int9'], ['export', '/nonexistent'], ['bench', '/nonexistent'],"
-            " ['mine', '--model', 'lenet300', '--out', sys.argv[1]]):\n"
+            " ['mine', '--model', 'lenet300', '--out', sys.argv[1]], ['mine', '--method', 'imp', '--lam', '1', '--out', 'x']):\n"
             "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
             "        try: main(argv)\n"
             "        except SystemExit: pass\n"

@@ -157,6 +157,12 @@ def compact_stage(artifacts: RunArtifacts, round_to: int, overwrite: bool = Fals
     return compact_run(artifacts, round_to)
 
 
+def summary_totals(record: dict) -> dict:
+    """What summary.json keeps of a compaction record (its totals)."""
+    return {"before": record["before"], "after": record["after"], "file_bytes": record["file_bytes"],
+            "round_to": record["round_to"], "channels_left_whole": record.get("channels_left_whole")}
+
+
 def load_record(artifacts: RunArtifacts) -> dict:
     if not (artifacts.run.has(RECORD) and artifacts.run.has(WEIGHTS)):
         raise GemdeployError(f"{artifacts.run.path} has not been compacted yet (no {RECORD}); "

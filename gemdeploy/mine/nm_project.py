@@ -1,6 +1,6 @@
 """Turn an existing (unstructured or dense) run into an N:M run: a new run directory whose ticket method is the
 N:M projection of the source (gemdeploy.mine.methods.nm_projection), then mine's own steps (train, evaluate,
-compact, summarize). The source run is only read.
+summarize); gemdeploy.stages.project compacts it next. The source run is only read.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from gemdeploy.sparsity.patterns import NM
 
 def project_run(source: str | Path, out: str | Path, *, nm: str, finetune_epochs: int, round_to: int,
                 overwrite: bool = False, device: str | None = None, quiet: bool = True) -> dict:
-    """Write a new run in ``out`` holding ``source`` projected to N:M, fine-tuned and compacted; returns its summary."""
+    """Write a new run in ``out`` holding ``source`` projected to N:M and fine-tuned; returns its summary."""
     src = RunArtifacts.open(source)
     RunDir.check_new(out, overwrite=overwrite)  # before any slow work
     n, m = parse_nm(nm)

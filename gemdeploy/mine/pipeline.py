@@ -1,6 +1,7 @@
-"""`gemdeploy mine` as a list of resumable steps: initialize -> find the ticket -> train the ticket -> compact ->
-summarize. Each step's result is a file in the run directory (gemdeploy.run.layout); a resumed run skips every
-step whose file exists and continues the interrupted one from its last per-epoch checkpoint."""
+"""The mine stage as a list of resumable steps: initialize -> find the ticket -> train the ticket -> summarize.
+Each step's result is a file in the run directory (gemdeploy.run.layout); a resumed run skips every step whose file
+exists and continues the interrupted one from its last per-epoch checkpoint. Compaction is the next stage, chained
+after this one by gemdeploy.stages (which `gemdeploy mine`, gemdeploy.api and tune run)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from gemdeploy.progress import Reporter
 from gemdeploy.run import layout
 from gemdeploy.run.config import MineConfig
 from gemdeploy.run.rundir import RunDir
+from gemdeploy.sparsity import PATTERNS
 from gemdeploy.sparsity.masks import Mask
 from gemdeploy.train import distributed as dist
 from gemdeploy.models.init import given_weights, initialize
@@ -143,7 +145,7 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
                                   # a user's model keeps its BatchNorm as it defines it
                                   "affine_bn": None if is_spec(cfg.model) else False})
     ctx = RunContext(cfg, data, hw, run, reporter, initial_state(cfg, run, data), resume=resume)
-    kernels24 = sparse24_benefit(ctx) if cfg.pattern == "2:4" else None
+    kernels24 = sparse24_benefit(ctx) if PATTERNS.get(cfg.pattern).groups(cfg.nm) is not None else None
     if kernels24:
         reporter.log(kernels24["line"])
     method = ticket_method(cfg)
@@ -153,7 +155,6 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
         test = evaluate(model.eval(), data.test, hw)
     finally:
         reporter.close()
-    compaction = _compact(cfg, run) if dist.is_main() else None
 
     target = 0.0 if cfg.method == "dense" else cfg.sparsity
     summary = {
@@ -171,7 +172,7 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
         "ticket_training": {"starts_from": ft_info.get("starts_from"), "recipe": ft_info.get("recipe")},
         "device": str(hw.device), "layout": hw.describe(), "world_size": dist.world_size(),
         "ticket": {k: v for k, v in ticket_info.items() if k != "time_to_ticket_s"},
-        "compaction": compaction,
+        "compaction": None,  # the compact stage fills it in (gemdeploy.stages)
     }
     if kernels24:
         summary["sparse24_kernels"] = {k: v for k, v in kernels24.items() if k != "layers"}
@@ -191,13 +192,3 @@ def sparse24_benefit(ctx: RunContext) -> dict:
     covered = nm_eligible_layers(model, parse_nm(ctx.config.nm)[1])
     holds = {name: f"{name}.weight" in covered for name, _ in model.named_modules()}
     return model_benefit(model, ctx.data.input_shape, holds, not_holding="outside the 2:4 pattern (first or grouped conv)")
-
-
-def _compact(cfg: MineConfig, run: RunDir) -> dict:
-    """Compact the fine-tuned ticket into the run directory; returns the record's totals for summary.json."""
-    from gemdeploy.compact.compaction import compact_stage
-    from gemdeploy.run.artifacts import RunArtifacts
-
-    record = compact_stage(RunArtifacts.open(run.path), cfg.round_to)  # skipped when a resumed run has it
-    return {"before": record["before"], "after": record["after"], "file_bytes": record["file_bytes"],
-            "round_to": record["round_to"], "channels_left_whole": record.get("channels_left_whole")}

@@ -2,14 +2,23 @@
 (per-method reference defaults filled in), then frozen and stored as config.json.
 
 Options left at ``None`` mean "the reference's value": `resolve` replaces them with the value that runs (the
-method's reference init, the paper's lambda for the density, IMP's reference recipe for the model), so
-config.json always records what actually ran.
+method's reference init; the method's own options group fills in its own, e.g. the paper's lambda for the density,
+IMP's reference recipe for the model), so config.json always records what actually ran.
+
+A method's own options (Gem-Miner's lambda, IMP's round recipe) are not fields here: each method declares them as
+an OptionGroup next to itself, named on its METHODS entry, and the configuration holds the group of its --method
+as ``method_options`` (config.json: ``"method_options": {...}``). They are still given by name, as on the command
+line (``MineConfig(method="imp", imp_lr=0.05)``), and read by name (``cfg.imp_lr``); another method's option is
+refused in one line. config.json of gemdeploy before 0.3 held them flat beside the shared options; `from_json`
+reads that too.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
+from typing import Any
 
 from pathlib import Path
 
@@ -21,14 +30,12 @@ from gemdeploy.files import state_sha256
 from gemdeploy.models.init import live_init_state
 from gemdeploy.models import MODELS
 from gemdeploy.models.init import INITS
-from gemdeploy.options import at_least, greater_than, in_range, option, optional, validate
+from gemdeploy.options import OptionGroup, at_least, defaults, flag_name, greater_than, in_range, option, optional
+from gemdeploy.options import validate
 from gemdeploy.registry import METHODS
 from gemdeploy.sparsity import PATTERNS
 
-SCHEDULES = ("step", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
-
-_GM, _IMP, _RUN = "Gem-Miner", "IMP (reference recipe unless set)", "Run"
 
 
 def _nm_check(value: str) -> str | None:
@@ -37,15 +44,6 @@ def _nm_check(value: str) -> str | None:
     except ValueError:
         return "must look like N:M (e.g. 2:4)"
     return None if 0 < n < m else "needs 0 < N < M"
-
-
-def _lam_check(value) -> str | None:
-    ok = value == "auto" or at_least(0)(value) is None
-    return None if ok else "must be a number >= 0 or auto"
-
-
-def _parse_lam(text: str):
-    return "auto" if text.strip().lower() == "auto" else float(text)
 
 
 def _device_check(value: str) -> str | None:
@@ -84,9 +82,6 @@ class MineConfig:
                           "--sparsity is the fraction of channels removed.", choices=PATTERNS.names, kind="pattern")
     nm: str = option("2:4", "N:M for --pattern 2:4: keep at most N of every M consecutive input channels.",
                      check=_nm_check)
-    channel_sparsity: float | None = option(None, "Gem-Miner: first remove this fraction of the channels (a channel "
-                                            "ticket), then mine --pattern inside the kept channels.",
-                                            check=optional(in_range(0, 1, hi_open=True)), panel=_GM)
     epochs: int = option(150, "Mining epochs (per round for IMP).", check=at_least(1))
     finetune_epochs: int = option(150, "Epochs training the ticket with its mask fixed.", check=at_least(0))
     batch_size: int = option(128, "Global batch size.", check=at_least(1))
@@ -95,34 +90,9 @@ class MineConfig:
                                 check=greater_than(0))
     momentum: float = option(0.9, "SGD momentum of mining and fine-tuning.", check=in_range(0, 1, hi_open=True))
     weight_decay: float = option(1e-4, "Fine-tuning weight decay (scores are never decayed).", check=at_least(0))
-    lam: float | str | None = option(None, "Gem-Miner's L2 score penalty; default: the paper's value for the density "
-                                     "(1e-4 at <= 1.5%, 3e-5 at <= 4%, else 1e-5); auto: pick it by short runs on the "
-                                     "validation split.", check=optional(_lam_check), parse=_parse_lam, metavar="LAMBDA",
-                                     panel=_GM)
-    freeze_period: int | None = option(None, "Gem-Miner: epochs between freezing rounds (default: 5 per 150 epochs).",
-                                       check=optional(at_least(1)), panel=_GM)
-    invert_freezing: bool = option(False, "Gem-Miner: freeze the highest |p| first (sanity's invert check).",
-                                   cli=False)
     init: str | None = option(None, "Weight init (default: the method's reference: signed-constant for gem-miner and "
                               "edge-popup, else kaiming-normal).",
                               choices=lambda: list(INITS), kind="init")
-    imp_lr: float | None = option(None, "IMP round learning rate (default 0.1).", check=optional(greater_than(0)),
-                                  panel=_IMP)
-    imp_momentum: float | None = option(None, "IMP round momentum (default: 0 for lenet300 as open_lth, else 0.9).",
-                                        check=optional(in_range(0, 1, hi_open=True)), panel=_IMP)
-    imp_weight_decay: float | None = option(None, "IMP round weight decay (default: 0 for lenet300, else 1e-4).",
-                                            check=optional(at_least(0)), panel=_IMP)
-    imp_schedule: str | None = option(None, "IMP round schedule; step is x0.1 at 50% and 75% (default: constant for "
-                                      "lenet300, else step).", choices=lambda: list(SCHEDULES), kind="IMP schedule",
-                                      panel=_IMP)
-    imp_rewind_iter: int | None = option(None, "IMP: rewind to the weights after this many training iterations "
-                                         "(default: 0 for lenet300 as open_lth; else the authors' point, 1.6% of a "
-                                         "round: 1,000 of 62,400 iterations).",
-                                         check=optional(at_least(0)), panel=_IMP)
-    imp_prune_output: bool | None = option(None, "IMP: prune the output layer too (default: no for lenet300 as "
-                                           "open_lth, yes otherwise).", panel=_IMP)
-    imp_from: str | None = option(None, "IMP: reuse the levels of an earlier IMP run (same model, data, seed, "
-                                  "recipe).", panel=_IMP)
     seed: int = option(0, "Random seed (runs are deterministic on CPU).")
     device: str = option("auto", "auto, cpu, cuda or cuda:N.", check=_device_check)
     compile: bool = option(False, "torch.compile the training step.")
@@ -140,6 +110,18 @@ class MineConfig:
     model_sha256: str | None = option(None, "sha256 of the file defining --model's factory.", cli=False)
     data_sha256: str | None = option(None, "sha256 of the file defining --data's factory.", cli=False)
     init_sha256: str | None = option(None, "sha256 of the --init-from weights.", cli=False)
+    # The --method's own options group (gemdeploy.options.OptionGroup); None: the method declares none.
+    method_options: Any = field(default=None)
+
+    def __post_init__(self):
+        object.__setattr__(self, "method_options", _group_for(self.method, self.method_options))
+
+    def __getattr__(self, name: str):
+        """A method's option reads by name, as it is given (``cfg.lam``)."""
+        group = self.__dict__.get("method_options")
+        if group is not None and not name.startswith("_") and name in _field_names(type(group)):
+            return getattr(group, name)
+        raise AttributeError(f"{type(self).__name__} has no option {name!r} (--method {self.__dict__.get('method')})")
 
     @property
     def density(self) -> float:
@@ -148,9 +130,9 @@ class MineConfig:
     def validate(self) -> "MineConfig":
         """Every check that needs no data, model or torch: bad input fails at once, with one line."""
         validate(self)
-        if self.channel_sparsity is not None and (self.pattern == "channel" or self.method != "gem-miner"):
-            raise GemdeployError("--channel-sparsity combines a channel ticket with --pattern unstructured or 2:4 "
-                                 "(Gem-Miner only); with --pattern channel, --sparsity is the channel fraction")
+        if self.method_options is not None:
+            validate(self.method_options)
+            self.method_options.cross_check(self)
         if self.init_from is not None and self.init is not None:
             raise GemdeployError("--init and --init-from exclude each other: --init-from starts every method from "
                                  "the given weights")
@@ -183,11 +165,6 @@ class MineConfig:
         if self.pattern not in method.patterns and not projected_nm:
             raise GemdeployError(f"method {self.method} does not support --pattern {self.pattern} "
                                  f"(it supports: {', '.join(method.patterns)})")
-        # Each method fills in its own options; every method is asked, so config.json records every reference
-        # value (an IMP option of a Gem-Miner run too), as it always has.
-        defaults = {}
-        for name in METHODS.names():
-            defaults.update(METHODS.get(name).option_defaults(self, train_size))
         return dataclasses.replace(
             self,
             # Your own model's factory and weights are pinned: a later rebuild refuses a file that moved or changed.
@@ -199,11 +176,18 @@ class MineConfig:
             init_sha256=self.init_sha256 or init_weights_sha256(self.init_from),
             init=None if self.init_from is not None else self.init or method.default_init,
             world_size=world_size,
-            **defaults,
+            # the method fills in its own options (config.json records what ran)
+            method_options=None if self.method_options is None else self.method_options.resolved(self, train_size),
         )
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+    def flat_json(self) -> dict:
+        """to_json with the method's options beside the shared ones (as they are given, by name)."""
+        obj = self.to_json()
+        own = obj.pop("method_options") or {}
+        return {**obj, **own}
 
     @classmethod
     def from_json(cls, obj: object, where: str = "config.json") -> "MineConfig":
@@ -213,6 +197,11 @@ class MineConfig:
         extra = obj.pop("extra", None)  # gemdeploy 0.1 kept world_size there
         if isinstance(extra, dict) and "world_size" in extra and "world_size" not in obj:
             obj["world_size"] = extra["world_size"]
+        flat = {k: obj.pop(k) for k in list(obj) if k in _owners()}  # gemdeploy < 0.3: every method's options, flat
+        if flat and "method_options" not in obj and isinstance(obj.get("method"), str) and obj["method"] in METHODS:
+            group = METHODS.options(obj["method"])
+            # the run's own method's options; the others' were reference values of methods it did not run
+            obj["method_options"] = {k: v for k, v in flat.items() if group and k in _field_names(group)} or None
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(obj) - known
         if unknown:
@@ -220,6 +209,82 @@ class MineConfig:
         try:
             cfg = cls(**obj)
             validate(cfg)
+            if cfg.method_options is not None:
+                validate(cfg.method_options)
         except (TypeError, GemdeployError) as exc:
             raise GemdeployError(f"{where} is not a valid run configuration: {exc}") from None
         return cfg
+
+
+# --- the methods' own options -------------------------------------------------------------------------------
+def _field_names(group: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(group)}
+
+
+def method_option_groups() -> dict[type, list[str]]:
+    """Every options group a method declares -> the methods that take it, in the METHODS table's order."""
+    groups: dict[type, list[str]] = {}
+    for name in METHODS.names():
+        group = METHODS.options(name)
+        if group is not None:
+            groups.setdefault(group, []).append(name)
+    return groups
+
+
+def _owners() -> dict[str, list[str]]:
+    """A method option's name -> the methods that take it."""
+    return {f.name: names for group, names in method_option_groups().items() for f in dataclasses.fields(group)}
+
+
+def _group_for(method: str, value: Any) -> OptionGroup | None:
+    """``value`` (a group, its JSON object, or None for the defaults) as the options group of ``method``."""
+    group = METHODS.options(method) if isinstance(method, str) and method in METHODS else None
+    if group is None:
+        if isinstance(value, dict) and value:
+            raise GemdeployError(f"method {method} takes no options of its own, got {', '.join(sorted(value))}")
+        return None
+    if value is None or (isinstance(value, OptionGroup) and not isinstance(value, group)):
+        return group()  # a configuration given another --method (dataclasses.replace) starts from its defaults
+    if isinstance(value, dict):
+        unknown = set(value) - _field_names(group)
+        if unknown:
+            raise GemdeployError(f"unknown {method} option(s): {', '.join(sorted(unknown))}")
+        return group(**value)
+    return value
+
+
+def _with_flat_options(cfg: "MineConfig", given: dict[str, Any]) -> None:
+    """Method options given by name: the --method's go into its group; another method's is refused in one line
+    (its value is checked first, so a bad value gets its own message), unless it is that option's default."""
+    group = cfg.method_options
+    own = _field_names(type(group)) if group is not None else set()
+    owners = _owners()
+    for name, value in given.items():
+        if name in own or cfg.method not in METHODS:  # an unknown --method is refused by validate, with the choices
+            continue
+        other = METHODS.options(owners[name][0])
+        if value == defaults(other)[name]:
+            continue
+        validate(dataclasses.replace(other(), **{name: value}))
+        flag = flag_name(next(f for f in dataclasses.fields(other) if f.name == name))
+        raise GemdeployError(f"{flag} is an option of --method {' / '.join(owners[name])}; --method {cfg.method} "
+                             "does not take it")
+    mine = {k: v for k, v in given.items() if k in own}
+    if mine:
+        object.__setattr__(cfg, "method_options", dataclasses.replace(group, **mine))
+
+
+def _accept_method_options(init):
+    """MineConfig(...) and dataclasses.replace(cfg, ...) take a method's options by name too."""
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        owners = _owners()
+        given = {k: kwargs.pop(k) for k in list(kwargs) if k in owners}
+        init(self, *args, **kwargs)
+        if given:
+            _with_flat_options(self, given)
+
+    return __init__
+
+
+MineConfig.__init__ = _accept_method_options(MineConfig.__init__)  # type: ignore[method-assign]

@@ -128,17 +128,16 @@ class Tune:
 
     def _mine(self, out: Path, **options) -> Path:
         """`gemdeploy mine` (resumed when interrupted, skipped when finished), then `export` what the backends run."""
-        from gemdeploy.mine.pipeline import mine_run
+        from gemdeploy import stages
         from gemdeploy.progress import Reporter
         from gemdeploy.run.config import MineConfig
 
-        if _summary(out) is None:
-            quiet = Reporter(enabled=False)  # tune reports per candidate, not per epoch
-            if (out / "config.json").is_file():
-                mine_run(out, None, resume=True, reporter=quiet)
-            else:
-                cfg = MineConfig(model=self.opts.model, data=self.opts.data, **self.mine_options(), **options)
-                mine_run(out, cfg.validate().check_files(), reporter=quiet)
+        quiet = Reporter(enabled=False)  # tune reports per candidate, not per epoch
+        if (out / "config.json").is_file():  # the chain skips each stage already done (a finished run: all)
+            stages.mine(out, None, resume=True, reporter=quiet, keep_finished=True)
+        else:
+            cfg = MineConfig(model=self.opts.model, data=self.opts.data, **self.mine_options(), **options)
+            stages.mine(out, cfg.validate().check_files(), reporter=quiet)
         self._export(out)
         return out
 

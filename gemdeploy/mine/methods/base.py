@@ -30,19 +30,15 @@ class TicketTraining:
 
 
 class Method:
-    """Finds a mask at the configured density; training the ticket afterwards is described by `ticket_training`."""
+    """Finds a mask at the configured density; training the ticket afterwards is described by `ticket_training`.
+    A method with options of its own declares them as an OptionGroup in a light module named on its METHODS entry
+    (e.g. gem_miner_options.py); the run's configuration holds them as ``config.method_options``."""
 
     name: str = ""
     has_scores: bool = False  # saves scores.safetensors (sanity's invert ranks them)
     mines: bool = False  # has a mining loop: sanity's invert re-mines with the freezing order reversed
     default_init: str = "kaiming-normal"  # the reference's initialization
     patterns: tuple[str, ...] = (UNSTRUCTURED.name,)  # names in gemdeploy.sparsity.PATTERNS
-
-    @classmethod
-    def option_defaults(cls, cfg, train_size: int | None) -> dict:
-        """The reference values of this method's own options that ``cfg`` (a MineConfig) left at None, by field
-        name; MineConfig.resolve asks every method, so config.json records what would run."""
-        return {}
 
     def find_ticket(self, ctx: RunContext) -> Ticket:
         raise NotImplementedError

@@ -296,11 +296,6 @@ class GemMiner(Method):
     default_init = "signed-constant"
     patterns = tuple(PATTERNS.names())
 
-    @classmethod
-    def option_defaults(cls, cfg, train_size):
-        return {"lam": paper_lambda(cfg.density) if cfg.lam is None else cfg.lam,
-                "freeze_period": cfg.freeze_period or max(1, round(5 * cfg.epochs / 150))}
-
     def find_ticket(self, ctx: RunContext) -> Ticket:
         if ctx.config.lam == "auto":
             return self._with_searched_lambda(ctx)

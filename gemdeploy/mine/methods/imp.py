@@ -31,6 +31,7 @@ from gemdeploy.mine.context import RunContext
 from gemdeploy.mine.methods.base import Method, Ticket, TicketTraining
 from gemdeploy.mine.recipes import imp_recipe, imp_reference
 from gemdeploy.run import layout
+from gemdeploy.run.config import MineConfig
 from gemdeploy.files import load_metadata, load_tensors, read_object
 from gemdeploy.sparsity.masks import Mask, keep_count, prunable_weights
 from gemdeploy.sparsity.topk import global_topk
@@ -83,19 +84,6 @@ class IterativeMagnitude(Method):
 
     rewind: bool = True
 
-    @classmethod
-    def option_defaults(cls, cfg, train_size):
-        ref = imp_reference(cfg.model)
-        return {
-            "imp_lr": ref.recipe.lr if cfg.imp_lr is None else cfg.imp_lr,
-            "imp_momentum": ref.recipe.momentum if cfg.imp_momentum is None else cfg.imp_momentum,
-            "imp_weight_decay": ref.recipe.weight_decay if cfg.imp_weight_decay is None else cfg.imp_weight_decay,
-            "imp_schedule": cfg.imp_schedule or ref.recipe.schedule,
-            "imp_rewind_iter": (cfg.imp_rewind_iter if cfg.imp_rewind_iter is not None or train_size is None
-                                else ref.rewind_for(cfg.epochs * max(1, train_size // cfg.batch_size))),
-            "imp_prune_output": ref.prune_output if cfg.imp_prune_output is None else cfg.imp_prune_output,
-        }
-
     # --- the rewind point ---------------------------------------------------------------------------
     def rewind_state(self, ctx: RunContext) -> tuple[dict[str, torch.Tensor], float]:
         """The weights at the rewind point (made once, then read from imp-levels/rewind.safetensors)."""
@@ -144,8 +132,9 @@ class IterativeMagnitude(Method):
         src = Path(ctx.config.imp_from)
         if not (src / layout.CONFIG).is_file():
             raise GemdeployError(f"--imp-from {src}: not a gemdeploy run directory (no {layout.CONFIG})")
-        other = read_object(src / layout.CONFIG, {})
-        mine = ctx.config.to_json()
+        # both read as options by name (a run of gemdeploy < 0.3 kept them flat in config.json)
+        other = MineConfig.from_json(read_object(src / layout.CONFIG, {}), str(src / layout.CONFIG)).flat_json()
+        mine = ctx.config.flat_json()
         diff = [k for k in SAME_TRAJECTORY if other.get(k) != mine.get(k)]
         if diff:
             raise GemdeployError(f"--imp-from {src}: its {', '.join(diff)} differ from this run's; "
