@@ -163,7 +163,8 @@ def test_a_real_tune_picks_on_validation_stops_at_its_budget_and_resumes(tmp_pat
     # Another batch size re-measures the finished candidates instead of mining them again.
     again = json.loads(cli(*[a if a != "16" else "4" for a in args], "--budget", "20m", "--resume", "--json",
                            check=True).stdout)
-    assert {o["name"] for o in again["options"]} == {o["name"] for o in result["options"]}
+    assert {o["name"] for o in again["options"]} >= {o["name"] for o in result["options"]}
+    # (the rounding variants follow the fastest channel candidate at the new batch, which may be another one)
     assert json.loads((out / "tune.json").read_text())["options"]["batch_size"] == 4
     # A resumed tune keeps its search options.
     assert_clean_error(cli(*[a if a != "1" else "2" for a in args], "--resume"), "--epochs", "same search options")
@@ -181,7 +182,7 @@ def test_imp_candidates_continue_one_chain_of_levels(tmp_path):
     tune_ = Tune(opts, tmp_path / "t", resume=False, progress=lambda s: None)
     first = tune_.candidate(Candidate("unstructured", 0.8, 0.01))
     second = tune_.candidate(Candidate("unstructured", 0.9, 0.01))
-    assert json.loads((second / "config.json").read_text())["imp_from"] == str(first)
+    assert json.loads((second / "config.json").read_text())["method_options"]["imp_from"] == str(first)
     records = [json.loads(line) for line in (second / "metrics.jsonl").read_text().splitlines()]
     reused = [r for r in records if r.get("reused_from") == str(first)]
     trained = {r["level"] for r in records if r.get("phase", "").startswith("imp-round") and "level" in r}

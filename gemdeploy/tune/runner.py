@@ -299,6 +299,13 @@ class Tune:
         if "latency_ms" not in self.state.get("dense", {}):
             self.measure(dense, [])  # the reference is measured even when the budget allows no candidate
             self.save()
+        # Finished candidates without figures (a new batch size, or a tune stopped between mining and measuring):
+        # measured first, all in one call, so every one of them is an option again whatever the search visits.
+        stale = [n for n, r in self.state["candidates"].items()
+                 if "backends" not in r and _summary(Path(r["path"])) is not None]
+        if stale:
+            self.measure(dense, stale)
+            self.save()
         lr0, other_lrs = o.finetune_lr[0], list(o.finetune_lr[1:])
         queue = coarse_grid(patterns, lr0)
         tried_recipes: set[str] = set(self.state.get("recipes_tried", []))
