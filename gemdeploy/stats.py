@@ -103,43 +103,70 @@ def unpaired_difference(correct_a: int, n_a: int, correct_b: int, n_b: int, conf
     return Difference(p1 - p2, low, high, n_a, False, confidence)
 
 
-def _first_sufficient(half_width, resolution: float) -> int:
-    """The smallest image count whose interval half-width is at most ``resolution`` (it shrinks as images are
-    added): doubling, then bisection."""
+def _first_count(ok, cap: int = 1 << 40) -> int | None:
+    """The smallest image count m with ok(m), for a condition that stays true once met as images are added
+    (doubling, then bisection); None when no count up to ``cap`` meets it."""
     hi = 1
-    while half_width(hi) > resolution:
+    while not ok(hi):
         hi *= 2
-        if hi > 1 << 40:
-            return hi
+        if hi > cap:
+            return None
     lo = hi // 2
     while lo + 1 < hi:
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if half_width(mid) <= resolution else (mid, hi)
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
     return hi
+
+
+def _scaled_paired(a_correct, b_correct, confidence: float):
+    """The paired interval of a - b at m images with the same proportions of the 2x2 table as these, as a function
+    of m."""
+    table = paired_table(a_correct, b_correct)
+    n = sum(table)
+    fractions = [c / n for c in table] if n else [0.0, 0.0, 0.0, 1.0]
+    return lambda m: _paired_interval(*(f * m for f in fractions), confidence)
+
+
+def _scaled_unpaired(acc_a: float, acc_b: float, confidence: float):
+    def at(m: int) -> tuple[float, float, float]:
+        d = unpaired_difference(acc_a * m, m, acc_b * m, m, confidence)
+        return d.delta, d.low, d.high
+
+    return at
+
+
+def _decides(interval_at, threshold: float):
+    def ok(m: int) -> bool:
+        _, low, high = interval_at(m)
+        return low >= threshold or high < threshold
+
+    return ok
 
 
 def images_needed(a_correct, b_correct, resolution: float = RESOLUTION, confidence: float = CONFIDENCE) -> int:
     """How many test images (with the same proportions of right and wrong answers as these) would make the paired
     interval of the difference no wider than ``resolution`` on either side (default: 1 point)."""
-    table = paired_table(a_correct, b_correct)
-    n = sum(table)
-    fractions = [c / n for c in table] if n else [0.0, 0.0, 0.0, 1.0]
+    at = _scaled_paired(a_correct, b_correct, confidence)
 
-    def half_width(m: int) -> float:
-        delta, low, high = _paired_interval(*(f * m for f in fractions), confidence)
-        return max(delta - low, high - delta)
+    def narrow_enough(m: int) -> bool:
+        delta, low, high = at(m)
+        return max(delta - low, high - delta) <= resolution
 
-    return _first_sufficient(half_width, resolution)
+    return _first_count(narrow_enough) or (1 << 40)
 
 
-def images_needed_unpaired(acc_a: float, acc_b: float, resolution: float = RESOLUTION,
-                           confidence: float = CONFIDENCE) -> int:
-    """Like images_needed, for two accuracies known only as proportions (the pairing unknown: a wider interval)."""
-    def half_width(m: int) -> float:
-        d = unpaired_difference(acc_a * m, m, acc_b * m, m, confidence)
-        return d.half_width
+def images_to_decide(a_correct, b_correct, threshold: float = -RESOLUTION, confidence: float = CONFIDENCE
+                     ) -> int | None:
+    """How many test images (same proportions as these, paired) would put the interval of a - b wholly on one side
+    of ``threshold`` (default: a loss of 1 point), so that `judge` decides; None when the difference sits on the
+    threshold and no count would."""
+    return _first_count(_decides(_scaled_paired(a_correct, b_correct, confidence), threshold))
 
-    return _first_sufficient(half_width, resolution)
+
+def images_to_decide_unpaired(acc_a: float, acc_b: float, threshold: float = -RESOLUTION,
+                              confidence: float = CONFIDENCE) -> int | None:
+    """images_to_decide for two accuracies known only as proportions (the pairing unknown: more images)."""
+    return _first_count(_decides(_scaled_unpaired(acc_a, acc_b, confidence), threshold))
 
 
 def judge(diff: Difference, resolution: float = RESOLUTION) -> str:

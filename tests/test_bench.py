@@ -135,7 +135,7 @@ def test_verdict_says_when_the_test_split_is_too_small_to_tell():
     gm, text = judged(zeros, zeros)
     assert gm["acc_delta_vs_dense_fp32_ci"]["judgement"] == "too small to tell"
     assert "too small to tell" in text and "worth it" not in text
-    assert "64 test images" in text and "381 test images would resolve 1 point" in text
+    assert "64 test images" in text and "381 test images would decide it" in text
     # 5,000 images on which the two models agree but for a handful: the same 3x faster ticket is worth it.
     rng = np.random.default_rng(0)
     dense = rng.random(5000) < 0.9

@@ -102,6 +102,28 @@ def test_images_needed_is_the_first_count_whose_interval_is_one_point():
     assert half(300 * math.ceil(need / 300)) <= 0.01 < half(300 * (need // 300))
 
 
+def test_images_to_decide_is_the_first_count_at_which_judge_decides():
+    """Not the count for a 1-point-wide interval: the count at which the interval leaves the 1-point line, which
+    is fewer for a difference far from it and none for one sitting on it."""
+    rng = np.random.default_rng(4)
+    a = rng.random(300) < 0.85
+    b = a.copy()
+    b[:12] = ~b[:12]
+    need = stats.images_to_decide(a, b)
+
+    def verdict(m):  # the same outcomes repeated: the same proportions at m images
+        return stats.judge(stats.paired_difference(*[np.repeat(x, m // 300) for x in (a, b)]))
+
+    assert stats.judge(stats.paired_difference(a, b)) == "too small to tell" and need > 300
+    assert verdict(300 * math.ceil(need / 300)) != "too small to tell" == verdict(300 * (need // 300))
+    assert need != stats.images_needed(a, b)
+    # Unpaired, from two accuracies: on the line, no count decides; 0.5 point from it, a count that does.
+    assert stats.images_to_decide_unpaired(0.93, 0.94) is None
+    m = stats.images_to_decide_unpaired(0.935, 0.94)
+    assert stats.judge(stats.unpaired_difference(0.935 * m, m, 0.94 * m, m)) == "within"
+    assert stats.judge(stats.unpaired_difference(0.935 * (m - 1), m - 1, 0.94 * (m - 1), m - 1)) == "too small to tell"
+
+
 def test_judge_reads_the_interval_against_one_point():
     assert stats.judge(stats.Difference(-0.002, -0.008, 0.004, 5000, True)) == "within"
     assert stats.judge(stats.Difference(-0.05, -0.07, -0.03, 5000, True)) == "worse"

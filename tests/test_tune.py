@@ -63,14 +63,17 @@ def test_the_validation_drop_has_its_interval_and_a_small_split_says_so():
     assert low < 1.0 < high and high - low > 4  # 500 images cannot tell a 1-point drop
     narrow = drop_interval(0.935, 0.94, 100_000)
     assert 0 < narrow[0] < 0.5 < narrow[1] < 1.0  # enough images: the 0.5-point drop is within 1 point, surely
-    pick_ = {"val_acc": 0.93, "val_drop_interval": [low, high]}
-    note = resolution_note(pick_, 0.94, 500, 1.0)
+    half = drop_interval(0.935, 0.94, 500)
+    note = resolution_note({"val_acc": 0.935, "val_drop_interval": half}, 0.94, 500, 1.0)
     assert "500 images" in note and "validation images could" in note
     need = int(note.split("about ")[1].split(" validation")[0].replace(",", ""))
-    def half_width(n):
-        return stats.unpaired_difference(0.94 * n, n, 0.93 * n, n).half_width
 
-    assert need > 500 and half_width(need) <= 0.01 < half_width(need - 1)  # the first count that tells 1 point
+    def verdict(n):  # the pick's drop against the 1-point budget, with n validation images each
+        return stats.judge(stats.unpaired_difference(0.935 * n, n, 0.94 * n, n))
+
+    assert need > 500 and verdict(need) == "within" and verdict(need - 1) == "too small to tell"
+    on_the_line = resolution_note({"val_acc": 0.93, "val_drop_interval": [low, high]}, 0.94, 500, 1.0)
+    assert "sits on that line" in on_the_line  # a drop of exactly the budget: no split size decides it
     assert resolution_note({"val_acc": 0.93, "val_drop_interval": narrow}, 0.94, 100_000, 1.0) is None
 
 

@@ -23,7 +23,7 @@ from gemdeploy.machine import gpu_info
 from gemdeploy.exporters.manifest import ExportManifest
 from gemdeploy.run import layout
 from gemdeploy.files import load_metadata
-from gemdeploy.stats import images_needed, judge, paired_difference, wilson_interval
+from gemdeploy.stats import images_to_decide, judge, paired_difference, wilson_interval
 
 
 @dataclass
@@ -290,5 +290,6 @@ def _delta_interval(row: dict, base: dict | None) -> dict | None:
     verdict = judge(diff)
     out = {**diff.as_dict(), "judgement": verdict}
     if verdict == "too small to tell":
-        out["images_for_1_point"] = images_needed(row["_correct"], base["_correct"])
+        # how many test images would put the interval wholly above or below a 1-point loss (None: it sits on it)
+        out["images_for_1_point"] = images_to_decide(row["_correct"], base["_correct"])
     return out

@@ -201,9 +201,11 @@ def verdict(result: dict) -> str:
                  f"({-fast_pt:+.1f} points{_ci_words(fastest.get('acc_delta_vs_dense_fp32_ci'))}).")
     if undecided:
         worst = max(undecided, key=lambda ci: ci.get("images_for_1_point") or 0)
+        need = worst.get("images_for_1_point")
         parts.append(f" On {worst['n']:,} test images an accuracy difference that small is within its error bar: "
-                     f"the interval holds both no loss and a loss of more than 1 point; about "
-                     f"{worst.get('images_for_1_point', 0):,} test images would resolve 1 point.")
+                     f"the interval holds both no loss and a loss of more than 1 point; " +
+                     (f"about {need:,} test images would decide it." if need else
+                      "it sits on the 1-point line, where no test split decides it."))
     if smallest is not None and size_gain:
         parts.append(f" Its smallest file ({smallest['artifact']}) is {smallest['file_bytes'] / 1024:,.0f} KiB against "
                      f"{base['file_bytes'] / 1024:,.0f} KiB ({size_gain:.1f}x smaller);")

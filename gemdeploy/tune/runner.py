@@ -440,19 +440,19 @@ def drop_interval(acc: float, dense_val: float, n: int | None) -> list[float] | 
 def resolution_note(pick_record: dict, dense_val: float, n_val: int | None, max_drop: float) -> str | None:
     """When the validation split cannot tell the pick's drop from ``max_drop`` points (the interval holds values on
     both sides of it), say so and how many validation images could; the test difference's own verdict beside it."""
-    from gemdeploy.stats import images_needed_unpaired
+    from gemdeploy.stats import images_to_decide_unpaired
 
     parts = []
     interval = pick_record.get("val_drop_interval")
     if interval and interval[0] <= max_drop < interval[1]:
-        need = images_needed_unpaired(dense_val, pick_record["val_acc"], resolution=max(max_drop, 0.1) / 100)
+        need = images_to_decide_unpaired(pick_record["val_acc"], dense_val, threshold=-max_drop / 100)
         parts.append(f"the validation split ({n_val} images) cannot tell whether the pick's drop exceeds "
-                     f"{max_drop:g} point(s): its 95% interval is {interval[0]:+.2f} to {interval[1]:+.2f} points; "
-                     f"about {need:,} validation images could")
+                     f"{max_drop:g} point(s): its 95% interval is {interval[0]:+.2f} to {interval[1]:+.2f} points" +
+                     (f"; about {need:,} validation images could" if need else "; the drop sits on that line"))
     test = pick_record.get("test_delta")
     if test and test.get("judgement") == "too small to tell":
         need = test.get("images_for_1_point")
-        parts.append(f"the test split ({test['n']} images) cannot tell a 1-point difference either: "
+        parts.append(f"the test split ({test['n']} images) cannot tell whether it loses more than 1 point either: "
                      f"{100 * test['delta']:+.2f} points, 95% interval {100 * test['low']:+.2f} to "
                      f"{100 * test['high']:+.2f}" + (f"; about {need:,} test images could" if need else ""))
     return "; ".join(parts) or None
