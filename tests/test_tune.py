@@ -144,6 +144,7 @@ def test_a_real_tune_picks_on_validation_stops_at_its_budget_and_resumes(tmp_pat
     for v in variants:
         source = state["candidates"][Candidate(v["pattern"], v["sparsity"], v["finetune_lr"]).name]
         assert v["val_acc"] == source["val_acc"] and v["backends"]
+        assert v["measured_in"] == source["measured_in"]  # timed beside its source, in one bench call
         assert json.loads((out / "candidates" / v["name"] / "compact.json").read_text())["round_to"] == v["round_to"]
     # Every validation drop carries its interval; digits' small validation split is said to be too small.
     assert all(o["val_drop_interval"][0] <= o["val_drop_points"] <= o["val_drop_interval"][1]

@@ -321,6 +321,8 @@ class Tune:
                 done.append(c.name)
                 self.save()
             fresh = [n for n in done if "backends" not in self.state["candidates"][n]]
+            # A rounding variant is timed beside its source in the same call: their gap is the rounding's alone.
+            fresh += list(dict.fromkeys(self._source_of(n) for n in fresh if self._source_of(n) not in (None, *fresh)))
             if fresh:
                 self.measure(dense, fresh)
                 self.save()
@@ -362,24 +364,25 @@ class Tune:
         return [c for c in queue if c.name not in self.state["candidates"] or
                 "backends" not in self.state["candidates"][c.name]]
 
+    def _source_of(self, name: str) -> str | None:
+        """The candidate a rounding variant was compacted from (None for a mined candidate)."""
+        rec = self.state["candidates"][name]
+        c = Candidate(rec["pattern"], rec["sparsity"], rec["finetune_lr"], rec.get("round_to", ROUNDINGS[0]))
+        return c.mined_as.name if c.mined_as != c else None
+
     def _roundings(self, tried: set[str]) -> list[Candidate]:
         """Once the channel search is done: its fastest candidate within the goal (or its most accurate), compacted
         at the other channel roundings, so the pick takes the rounding the backend runs fastest (measured)."""
         dense_val = self.state["dense"]["val_acc"]
         mined = [o for o in self.options() if o["pattern"] == "channel" and o.get("round_to", ROUNDINGS[0])
                  == ROUNDINGS[0]]
-        if not mined:
+        if not mined or "roundings" in tried:  # once: re-timed beside its variants, the best may change place
             return []
+        tried.add("roundings")
         good = [o for o in mined if self.goal.meets(o, dense_val)]
         best = min(good, key=lambda o: o["latency_ms"]) if good else max(mined, key=lambda o: o["val_acc"])
         rec = self.state["candidates"][best["name"]]
-        out = []
-        for r in ROUNDINGS[1:]:
-            c = Candidate("channel", rec["sparsity"], rec["finetune_lr"], r)
-            if f"round@{c.name}" not in tried:
-                tried.add(f"round@{c.name}")
-                out.append(c)
-        return out
+        return [Candidate("channel", rec["sparsity"], rec["finetune_lr"], r) for r in ROUNDINGS[1:]]
 
     def finish(self, untried: list[str]) -> dict:
         options = self.options()
