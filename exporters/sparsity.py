@@ -3,8 +3,9 @@
 The layout (docs/design.md, section 3): for a conv weight [K, C, R, S], every 4 consecutive input channels of
 each output channel and kernel position hold at least 2 zeros; for a Linear (ONNX Gemm with transB=1,
 weight [out, in]) along in_features; for a MatMul weight [in, out] along axis 0. ``onnx_24_report``
-walks the graph the way NVIDIA's ``polygraphy inspect sparsity`` does (same eligible tensors and axes)
-but checks each tensor with numpy, so it is fast enough for every export.
+walks the graph the way NVIDIA's ``polygraphy inspect sparsity`` does (same eligible tensors and axes, but for
+grouped convolutions, which no gemdeploy ticket gives the pattern) and checks each tensor with numpy, so it is
+fast enough for every export.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def eligible_weights(proto: onnx.ModelProto) -> dict[str, int]:
 
     for node in proto.graph.node:
         if node.op_type == "Conv":
+            # A grouped conv never gets the pattern (mine and the PyTorch side skip it, as TensorRT's sparse
+            # kernels do); polygraphy lists its weight too, so it would call every grouped conv "not sparse".
+            if any(a.name == "group" and a.i != 1 for a in node.attribute):
+                continue
             track(node.input[1], 1)
         elif node.op_type == "MatMul":
             track(node.input[1], 0)

@@ -148,6 +148,19 @@ def test_24_run_from_the_cli_exports_in_tensorrt_layout(tmp_path):
     assert dense == set() and len(sparse) == record["sparsity_24"]["sparse"] == 3
 
 
+def test_24_report_leaves_grouped_convs_out_as_mine_does():
+    """torchvision's ResNeXt found it: a 2:4 ticket never gives a grouped conv the pattern, so the export check must
+    not count one as a tensor whose 2:4 layout was lost."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3, groups=2),
+                                torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 1), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 12 * 12, 10)).eval()
+    masks = apply_24_magnitude_(model)
+    assert "2.weight" not in masks and {"4.weight", "6.weight"} <= set(masks)  # the grouped conv is left dense
+    proto, _ = ox.torch_to_onnx(model, torch.randn(2, *SHAPE), exporter="torchscript")
+    report = onnx_24_report(proto)
+    assert len(report) == 2 and all(report.values())  # the 1x1 conv and the Linear, both 2:4
+
+
 def test_24_report_flags_unstructured_weights():
     model = _tiny("conv4")  # dense random weights: not 2:4
     proto, _ = ox.torch_to_onnx(model, torch.randn(2, *SHAPE), exporter="torchscript")
