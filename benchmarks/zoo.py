@@ -275,7 +275,8 @@ def main(models: str = typer.Option("", help="Comma-separated torchvision names 
     command = "python -m benchmarks.zoo" + "".join(f" {a}" for a in sys.argv[1:] if a != "--resume")
     walks, before = [], 0.0
     if resume and (work / "zoo.json").is_file():
-        walks, old_size, before, command = load_walks(work / "zoo.json")
+        walks, old_size, before, old_command = load_walks(work / "zoo.json")
+        command = old_command if old_command == command else f"{old_command}, then {command} --resume"
         if old_size != size:
             raise SystemExit(f"{work / 'zoo.json'} walked {old_size}x{old_size} images, not {size}x{size}")
     done = {(w.model, w.pattern) for w in walks}
