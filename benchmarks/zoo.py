@@ -209,10 +209,12 @@ def print_table(walks: list[Walk]) -> None:
 
 def summary(walks: list[Walk]) -> str:
     models = sorted({w.model for w in walks})
-    through = [m for m in models if all(w.through for w in walks if w.model == m)]
+    patterns = {w.pattern for w in walks}
+    through = [m for m in models if {w.pattern for w in walks if w.model == m} == patterns
+               and all(w.through for w in walks if w.model == m)]
     failed = [w for w in walks if w.failed]
     refused = [w for w in walks if not w.through and not w.failed]
-    text = (f"{len(models)} models x {len({w.pattern for w in walks})} patterns: {len(through)} models through every "
+    text = (f"{len(models)} models x {len(patterns)} patterns ({len(walks)} walks): {len(through)} models through every "
             f"step with every pattern; {len(refused)} model/pattern pairs refused in one line; "
             f"{len(failed)} failures (BUG, hang or crash)")
     if failed:
