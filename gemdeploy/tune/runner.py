@@ -191,7 +191,7 @@ class Tune:
             return {}
         done = [r for r in self.state["candidates"].values()
                 if r["pattern"] == c.pattern and r.get("round_to", ROUNDINGS[0]) == ROUNDINGS[0]
-                and (self.out / CANDIDATES_DIR / r["name"]).is_dir() and _summary(Path(r["path"])) is not None]
+                and _summary(Path(r["path"])) is not None]
         return {"imp_from": max(done, key=lambda r: r["sparsity"])["path"]} if done else {}
 
     def _recompacted(self, source: Path, out: Path, round_to: int) -> None:
@@ -199,10 +199,10 @@ class Tune:
         compaction is exact, so its accuracy is the source's)."""
         import shutil
 
-        from gemdeploy.compact.compaction import RECORD, WEIGHTS, compact_stage
+        from gemdeploy import stages
+        from gemdeploy.compact.compaction import RECORD, WEIGHTS
         from gemdeploy.files import read_json
         from gemdeploy.run import layout
-        from gemdeploy.run.artifacts import RunArtifacts
 
         if not (out / RECORD).is_file():
             if out.exists():
@@ -213,11 +213,7 @@ class Tune:
             config = read_json(tmp / layout.CONFIG)
             config["round_to"] = round_to  # a resumed or re-run compaction of the copy keeps this rounding
             atomic_write_bytes(tmp / layout.CONFIG, json.dumps(config, indent=2).encode())
-            record = compact_stage(RunArtifacts.open(tmp), round_to)
-            summary = read_json(tmp / layout.SUMMARY)
-            if isinstance(summary.get("compaction"), dict):  # the copy's summary speaks of its own compaction
-                summary["compaction"] = {k: record.get(k) for k in summary["compaction"]}
-                atomic_write_bytes(tmp / layout.SUMMARY, json.dumps(summary, indent=2).encode())
+            stages.compact(tmp)  # the chain's compact stage, at that rounding, its totals into the copy's summary
             tmp.rename(out)
         self._export(out)
 
@@ -322,7 +318,8 @@ class Tune:
                 self.save()
             fresh = [n for n in done if "backends" not in self.state["candidates"][n]]
             # A rounding variant is timed beside its source in the same call: their gap is the rounding's alone.
-            fresh += list(dict.fromkeys(self._source_of(n) for n in fresh if self._source_of(n) not in (None, *fresh)))
+            sources = [self._source_of(n) for n in fresh]
+            fresh += list(dict.fromkeys(s for s in sources if s is not None and s not in fresh))
             if fresh:
                 self.measure(dense, fresh)
                 self.save()
