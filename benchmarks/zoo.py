@@ -5,6 +5,8 @@
     .venv/bin/python -m benchmarks.zoo --families            # the smallest model of each family
     .venv/bin/python -m benchmarks.zoo --smoke               # one small model, one pattern, no BENCHMARKS.md
     .venv/bin/python -m benchmarks.zoo --resume              # continue an interrupted walk (its zoo.json in --work)
+    .venv/bin/python -m benchmarks.zoo --smallest-first --resume  # the same, fewest parameters first: a walk cut
+                                                             # short still covers the most models
     .venv/bin/python -m benchmarks.zoo --from-json W/zoo.json  # BENCHMARKS.md's section from a walk so far
 
 For every model of `torchvision.models.list_models(module=torchvision.models)` and every pattern, as a new user
@@ -60,20 +62,22 @@ def family(name: str) -> str:
     return "wide_resnet" if base.startswith("wide_resnet") else base.split("_")[0]
 
 
-def family_representatives() -> list[str]:
-    """The model with the fewest parameters of each family (torchvision's weight metadata: nothing is downloaded)."""
+def parameter_count(name: str) -> int:
+    """The model's parameters from torchvision's weight metadata (nothing is downloaded); huge when it has none."""
     from torchvision import models
 
-    def size(name: str) -> int:
-        try:
-            return min(w.meta["num_params"] for w in models.get_model_weights(name))
-        except (ValueError, KeyError, TypeError):
-            return 1 << 62
+    try:
+        return min(w.meta["num_params"] for w in models.get_model_weights(name))
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62
 
+
+def family_representatives() -> list[str]:
+    """The model with the fewest parameters of each family."""
     best: dict[str, str] = {}
     for name in torchvision_models():
         f = family(name)
-        if f not in best or size(name) < size(best[f]):
+        if f not in best or parameter_count(name) < parameter_count(best[f]):
             best[f] = name
     return sorted(best.values())
 
@@ -252,6 +256,8 @@ def load_walks(path: Path) -> tuple[list[Walk], int, float, str]:
 
 def main(models: str = typer.Option("", help="Comma-separated torchvision names (default: every one)."),
          families: bool = typer.Option(False, "--families", help="Only the smallest model of each family."),
+         smallest_first: bool = typer.Option(False, "--smallest-first", help="Walk the models in order of parameter "
+                                             "count, so that a walk cut short covers the most models."),
          patterns: str = typer.Option(",".join(PATTERNS), help="Comma-separated patterns."),
          size: int = typer.Option(64, help="Image side."),
          timeout: float = typer.Option(900.0, help="Seconds one step may take before it counts as a hang."),
@@ -268,6 +274,8 @@ def main(models: str = typer.Option("", help="Comma-separated torchvision names 
         return
     known = torchvision_models()
     names = [m for m in models.split(",") if m] or (family_representatives() if families else known)
+    if smallest_first:
+        names = sorted(names, key=parameter_count)
     chosen = [p for p in patterns.split(",") if p]
     if smoke:
         names, chosen, size, write = list(SMOKE_MODELS), list(SMOKE_PATTERNS), SMOKE_SIZE, False
