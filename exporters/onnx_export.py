@@ -29,6 +29,22 @@ OUTPUT_NAME = "logits"
 EXPORTERS = ("auto", "dynamo", "torchscript")
 FP32_REL_TOL = 1e-4  # max |ORT - PyTorch| <= 1e-4 * max |logit|
 FP16_MIN_AGREEMENT = 0.995  # top-1 agreement of the fp16 graph with PyTorch fp32
+# One ONNX file is one protobuf message, which cannot exceed 2 GiB; the graph itself takes a little beside the
+# weights, hence the margin. (Weights over it would need ONNX's external-data files, which gemdeploy does not write.)
+ONE_FILE_WEIGHT_BYTES = (1 << 31) - (64 << 20)
+
+
+def fp32_weight_bytes(model: nn.Module) -> int:
+    """The bytes the model's parameters and buffers take as fp32 initializers of its ONNX graph."""
+    return sum(4 * t.numel() for t in [*model.parameters(), *model.buffers()] if t.is_floating_point())
+
+
+def require_one_file(model: nn.Module, what: str, remedy: str) -> None:
+    """Refuse in one line, before any export work, a model whose fp32 ONNX file could not be written."""
+    size = fp32_weight_bytes(model)
+    if size > ONE_FILE_WEIGHT_BYTES:
+        raise GemdeployError(f"{what} holds {size / 1e9:.2f} GB of fp32 weights, over the 2 GB one ONNX file (a "
+                             f"protobuf message) can hold; gemdeploy writes single-file ONNX: {remedy}")
 
 
 def _export_dynamo(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:

@@ -111,6 +111,8 @@ def export_run(run_path: str | Path, opts: ExportOptions, log: Callable[[str], N
         _check_gpu_precisions(opts)
     deployed = deployed_model(art)
     model, source, masked, note = deployed.model, deployed.source, deployed.masked, deployed.note
+    ox.require_one_file(model, f"the {source} model", "mine or compact it smaller (--pattern channel, a higher "
+                        "--sparsity) or export a smaller architecture")
     source_sha = file_sha256(deployed.weights)
     if out_dir.is_dir():
         for gone in sweep_debris(out_dir):
@@ -180,7 +182,11 @@ def _sizes_and_sparse_storage(job: ExportJob, masked: torch.nn.Module, fp32_new:
     if not fp32_new:
         return {}
     fp32_bytes = job.fp32_path.stat().st_size
-    if job.source == "compacted":
+    if job.source == "compacted" and ox.fp32_weight_bytes(masked) > ox.ONE_FILE_WEIGHT_BYTES:
+        # the uncompacted model is over one ONNX file's limit: its size is said from its weights, not a file
+        job.notes["fp32_sizes"] = {"dense_bytes": ox.fp32_weight_bytes(masked), "compacted_bytes": fp32_bytes,
+                                   "dense_bytes_from": "fp32 weights (over one ONNX file's 2 GB limit)"}
+    elif job.source == "compacted":
         dense_proto, _ = ox.torch_to_onnx(masked, job.verify_images, exporter=job.opts.exporter)
         dense_proto, _ = ox.simplify(dense_proto)
         job.notes["fp32_sizes"] = {"dense_bytes": len(dense_proto.SerializeToString()), "compacted_bytes": fp32_bytes}

@@ -161,6 +161,16 @@ def test_24_report_leaves_grouped_convs_out_as_mine_does():
     assert len(report) == 2 and all(report.values())  # the 1x1 conv and the Linear, both 2:4
 
 
+def test_a_model_over_one_onnx_files_limit_is_refused_before_any_export_work():
+    # regnet_y_128gf (645M parameters, 2.6 GB in fp32) is one: protobuf cannot serialize it, so without this check
+    # its export stopped with "Failed to serialize proto" (exit 70). The meta device gives its size without memory.
+    big = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(24000, 24000, device="meta"))
+    assert ox.fp32_weight_bytes(big) == 4 * (24000 * 24000 + 24000)
+    with pytest.raises(GemdeployError, match=r"2\.30 GB of fp32 weights, over the 2 GB one ONNX file"):
+        ox.require_one_file(big, "the compacted model", "compact it smaller")
+    ox.require_one_file(build_model("lenet300", (1, 28, 28), 10), "lenet300", "")  # a model that fits passes
+
+
 def test_24_report_flags_unstructured_weights():
     model = _tiny("conv4")  # dense random weights: not 2:4
     proto, _ = ox.torch_to_onnx(model, torch.randn(2, *SHAPE), exporter="torchscript")
