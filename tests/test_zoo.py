@@ -50,6 +50,13 @@ def test_families_cover_the_whole_list():
     assert {zoo.family(n) for n, _ in _plan()} == {zoo.family(n) for n in names}
 
 
+def test_smallest_first_puts_the_largest_models_last():
+    order = sorted(zoo.torchvision_models(), key=zoo.parameter_count)
+    counts = [zoo.parameter_count(n) for n in order]
+    assert counts == sorted(counts) and order[-1] == "regnet_y_128gf"  # 645M parameters, the largest
+    assert zoo.parameter_count("squeezenet1_1") < 2_000_000
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model,pattern", _plan(ci=True))
 def test_one_model_of_each_family_goes_through_or_is_refused_in_one_line(model, pattern, tmp_path):
