@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -140,11 +141,15 @@ def data_file(work: Path, size: int) -> Path:
     return path
 
 
+def run_folder(work: Path, model: str, pattern: str) -> Path:
+    return work / "runs" / f"{model}-{pattern.replace(':', '')}"
+
+
 def walk(model: str, pattern: str, work: Path, size: int, runner: Runner = subprocess_runner,
          timeout: float = 900.0, steps: tuple[str, ...] = STEPS, exporter: str = "auto") -> Walk:
     """mine -> compact -> export -> bench of one torchvision model with one pattern (or the first of ``steps``);
     each step only after the last one went through."""
-    run = work / "runs" / f"{model}-{pattern.replace(':', '')}"
+    run = run_folder(work, model, pattern)
     result = Walk(model, pattern)
     mine = _step(runner, ["mine", "--model", f"torchvision:{model}", "--data", f"{data_file(work, size)}:make_data",
                           "--pattern", pattern, "--sparsity", "0.5", "--epochs", "1", "--finetune-epochs", "1",
@@ -266,6 +271,8 @@ def main(models: str = typer.Option("", help="Comma-separated torchvision names 
          write: bool = typer.Option(True, help="Write the Model zoo section of BENCHMARKS.md."),
          resume: bool = typer.Option(False, "--resume", help="Keep the walks already in --work's zoo.json (same "
                                      "--size) and walk only the rest."),
+         keep_runs: bool = typer.Option(False, "--keep-runs", help="Keep each walk's run folder (the whole list's "
+                                        "take about 40 GB); by default a walk's folder is removed once it is recorded."),
          from_json: Path = typer.Option(None, help="Only write BENCHMARKS.md's section from this zoo.json.")) -> None:
     if from_json:
         walks, size, seconds, command = load_walks(from_json)
@@ -304,6 +311,8 @@ def main(models: str = typer.Option("", help="Comma-separated torchvision names 
             tmp.write_text(json.dumps({"size": size, "seconds": seconds, "command": command,
                                        "walks": [asdict(w) for w in walks]}, indent=1))
             tmp.replace(work / "zoo.json")
+            if not keep_runs:
+                shutil.rmtree(run_folder(work, name, pattern), ignore_errors=True)
     print_table(walks)
     print(summary(walks))
     if write:

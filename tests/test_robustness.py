@@ -6,12 +6,14 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from conftest import QUICK, assert_clean_error, cli
-from gemdeploy.cli.errors import EXIT_BUG, friendly_errors
+from gemdeploy.cli.errors import EXIT_BUG, EXIT_IO, friendly_errors
 from gemdeploy.errors import GemdeployError
 
 
@@ -152,3 +154,32 @@ def test_an_unexpected_error_is_one_line_with_a_hint_and_debug_shows_the_traceba
         except Exception as exc:
             raise SystemExit(exc.exit_code) from None
     assert capsys.readouterr().err.strip() == "error: a user's mistake"
+
+
+def _small_disk(folder, kib: int, command: str) -> subprocess.CompletedProcess:
+    """Run ``command`` with a tmpfs of ``kib`` KiB mounted on ``folder`` (a private mount namespace: a real full
+    disk, nothing mocked); skips where this machine cannot make one."""
+    if not shutil.which("unshare"):
+        pytest.skip("a full disk needs `unshare` (util-linux) to mount a small tmpfs")
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size={kib}k none {folder}"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs in a user namespace here: {probe.stderr.strip()}")
+    return subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size={kib}k none {folder} && {command}"],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_full_disk_is_one_line_with_its_own_exit_code_and_leaves_no_partial_file(tmp_path):
+    """Found by the zoo walk: safetensors words a full disk as "SafetensorError: ... (os error 28)", which was
+    reported as a gemdeploy bug (exit 70). A disk that fills up while the ticket's weights are written is said in one
+    line, exit 74, and no half-written file is left where a finished one belongs."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = (f"{sys.executable} -m gemdeploy.cli mine --model lenet300 {' '.join(QUICK)} --out {disk}/run; "
+              f"code=$?; ls -a {disk}/run; exit $code")
+    proc = _small_disk(disk, 48, script)  # the run's JSON files fit; lenet300's 1 MB of weights do not
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == EXIT_IO, proc.stderr
+    assert len(err) == 1 and "Traceback" not in proc.stderr and "no space left on the device" in err[0], proc.stderr
+    left = proc.stdout.split()
+    assert "config.json" in left and not any(name.endswith(".tmp") for name in left), left

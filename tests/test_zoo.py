@@ -85,6 +85,7 @@ def test_smoke_walk_runs_the_script(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "squeezenet1_1 unstructured: mine ok" in proc.stdout and "0 failures" in proc.stdout
     assert (tmp_path / "zoo.json").is_file()
+    assert not zoo.run_folder(tmp_path, "squeezenet1_1", "unstructured").exists()  # recorded, then removed
     # Resumed, the finished walk is kept, not walked again.
     again = subprocess.run([sys.executable, "-m", "benchmarks.zoo", "--smoke", "--resume", "--work", str(tmp_path)],
                            cwd=REPO, capture_output=True, text=True, timeout=300)
