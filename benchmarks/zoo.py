@@ -272,7 +272,7 @@ def main(models: str = typer.Option("", help="Comma-separated torchvision names 
          resume: bool = typer.Option(False, "--resume", help="Keep the walks already in --work's zoo.json (same "
                                      "--size) and walk only the rest."),
          keep_runs: bool = typer.Option(False, "--keep-runs", help="Keep each walk's run folder (the whole list's "
-                                        "take about 40 GB); by default a walk's folder is removed once it is recorded."),
+                                        "take tens of GB); by default a walk's folder is removed once it is recorded."),
          from_json: Path = typer.Option(None, help="Only write BENCHMARKS.md's section from this zoo.json.")) -> None:
     if from_json:
         walks, size, seconds, command = load_walks(from_json)
@@ -293,7 +293,10 @@ def main(models: str = typer.Option("", help="Comma-separated torchvision names 
     walks, before = [], 0.0
     if resume and (work / "zoo.json").is_file():
         walks, old_size, before, old_command = load_walks(work / "zoo.json")
-        command = old_command if old_command == command else f"{old_command}, then {command} --resume"
+        if old_command != command and not old_command.endswith(f"then {command} --resume"):  # said once per kind
+            command = f"{old_command}, then {command} --resume"
+        else:
+            command = old_command
         if old_size != size:
             raise SystemExit(f"{work / 'zoo.json'} walked {old_size}x{old_size} images, not {size}x{size}")
     done = {(w.model, w.pattern) for w in walks}
