@@ -70,3 +70,29 @@ def test_mask_roundtrip_through_safetensors(tmp_path):
     assert set(back) == set(mask)
     assert all(torch.equal(back[k], mask[k]) for k in mask)
     assert abs(back.density() - mask.density()) < 1e-12
+
+
+def test_global_topk_keeps_exactly_the_highest_eligible_scores_in_any_layout():
+    """The bisection over int32 keys against a sort of the same scores: negative and positive values, exact ties,
+    ineligible entries, a channels_last layer (CUDA's layout) and a layer with nothing eligible."""
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(20):
+        scores = {"conv": torch.randn(8, 4, 3, 3, generator=gen).contiguous(memory_format=torch.channels_last),
+                  "fc": torch.randn(10, 32, generator=gen).round(decimals=1),  # many exact ties
+                  "dead": torch.randn(5, generator=gen)}
+        eligible = {k: (torch.rand(v.shape, generator=gen) > 0.3).float() for k, v in scores.items()}
+        eligible["dead"].zero_()
+        total = sum(int(e.sum()) for e in eligible.values())
+        keep = int(torch.randint(1, total + 5, (1,), generator=gen))
+        mask = global_topk(scores, keep, eligible=eligible, min_per_layer=0)
+        kept = torch.cat([mask[k].flatten() for k in scores])
+        flat = torch.cat([scores[k].flatten() for k in scores])
+        ok = torch.cat([eligible[k].flatten() for k in scores]) > 0
+        assert int(kept.sum()) == min(keep, total), trial
+        assert not (kept.bool() & ~ok).any()  # nothing ineligible is revived
+        if 0 < int(kept.sum()) < total:  # every kept eligible score >= every dropped eligible one
+            assert flat[kept.bool()].min() >= flat[~kept.bool() & ok].max(), trial
+        assert mask["conv"].is_contiguous(memory_format=torch.channels_last)
+        reference = torch.zeros_like(flat)
+        reference[torch.sort(torch.where(ok, flat, -torch.inf), descending=True, stable=True).indices[:min(keep, total)]] = 1
+        assert torch.equal((flat * kept)[kept.bool()].sort().values, (flat * reference)[reference.bool()].sort().values)
