@@ -1,7 +1,7 @@
 import torch
 
 from gemdeploy.sparsity.masks import Mask, keep_count, prunable_weights
-from gemdeploy.sparsity.topk import global_topk
+from gemdeploy.sparsity.topk import _kth_highest_key, global_topk
 from gemdeploy.mine.methods.gem_miner import ScoredNetwork, freeze_schedule, straight_through_mask
 from gemdeploy.models import build_model
 
@@ -96,3 +96,17 @@ def test_global_topk_keeps_exactly_the_highest_eligible_scores_in_any_layout():
         reference = torch.zeros_like(flat)
         reference[torch.sort(torch.where(ok, flat, -torch.inf), descending=True, stable=True).indices[:min(keep, total)]] = 1
         assert torch.equal((flat * kept)[kept.bool()].sort().values, (flat * reference)[reference.bool()].sort().values)
+
+
+def test_kth_highest_key_through_the_sample_and_through_its_fallback():
+    gen = torch.Generator().manual_seed(1)
+    keys = [torch.randint(-1000, 1000, (300_000,), generator=gen, dtype=torch.int32),  # many ties
+            torch.randint(-5, 5, (64, 32, 3, 3), generator=gen, dtype=torch.int32).contiguous(
+                memory_format=torch.channels_last)]
+    pooled = torch.cat([k.flatten() for k in keys]).sort(descending=True).values
+    for k in (1, 7, 1000, 150_000, pooled.numel()):
+        assert _kth_highest_key(keys, k, sample_size=4096) == int(pooled[k - 1]), k
+    # A sample that sees only zeros while every other entry is 1: the bracket misses and bisection answers.
+    blind = [(torch.arange(100_000) % 100 != 0).to(torch.int32)]  # the strided sample takes every 100th
+    assert _kth_highest_key(blind, 50_000, sample_size=1000) == 1
+    assert _kth_highest_key(blind, 99_500, sample_size=1000) == 0
