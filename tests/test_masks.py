@@ -110,3 +110,14 @@ def test_kth_highest_key_through_the_sample_and_through_its_fallback():
     blind = [(torch.arange(100_000) % 100 != 0).to(torch.int32)]  # the strided sample takes every 100th
     assert _kth_highest_key(blind, 50_000, sample_size=1000) == 1
     assert _kth_highest_key(blind, 99_500, sample_size=1000) == 0
+
+
+def test_selection_benchmark_smoke_keeps_the_same_scores_as_the_pooled_topk():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.selection", "--smoke"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "same scores kept: True" in proc.stdout, proc.stdout + proc.stderr
