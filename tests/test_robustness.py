@@ -183,3 +183,26 @@ def test_a_full_disk_is_one_line_with_its_own_exit_code_and_leaves_no_partial_fi
     assert len(err) == 1 and "Traceback" not in proc.stderr and "no space left on the device" in err[0], proc.stderr
     left = proc.stdout.split()
     assert "config.json" in left and not any(name.endswith(".tmp") for name in left), left
+
+
+def test_mining_that_cannot_fit_in_memory_is_refused_before_it_starts():
+    """regnet_y_128gf (2.58 GB of weights) was killed by the kernel minutes into Gem-Miner on a 24 GB machine, with no
+    message. The check compares a measured lower bound of mining's copies of the weights with the memory at hand."""
+    import torch
+
+    from gemdeploy.mine.memory import available_bytes, require_memory, weight_bytes
+    from gemdeploy.mine.methods import METHODS
+    from gemdeploy.models import build_model
+    from gemdeploy.run.config import MineConfig
+
+    state = build_model("lenet300", (1, 28, 28), 10).state_dict()
+    gem = METHODS.get("gem-miner")()
+    copies = gem.weight_copies(MineConfig(pattern="unstructured"))
+    assert copies == 9.0 and gem.weight_copies(MineConfig(pattern="channel")) is None
+    need = copies * weight_bytes(state) + (1 << 30)
+    with pytest.raises(GemdeployError, match=r"needs at least .* GB of CPU memory .* GB is available") as err:
+        require_memory(copies, state, torch.device("cpu"), "mining lenet300 with gem-miner", available=int(need) - 1)
+    assert "\n" not in str(err.value) and "--pattern channel" in str(err.value)
+    require_memory(copies, state, torch.device("cpu"), "mining lenet300", available=int(need) + 1)  # fits: no error
+    require_memory(None, state, torch.device("cpu"), "an unmeasured method", available=0)  # not measured: no check
+    assert available_bytes(torch.device("cpu")) > need  # this machine: lenet300 mines, so the real check passes

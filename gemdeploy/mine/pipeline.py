@@ -14,6 +14,7 @@ from pathlib import Path
 from gemdeploy.data import data_for
 from gemdeploy.data.splits import DataBundle
 from gemdeploy.errors import GemdeployError
+from gemdeploy.mine.memory import require_memory
 from gemdeploy.mine.context import RunContext
 from gemdeploy.mine.health import ticket_warnings
 from gemdeploy.mine.methods import METHODS
@@ -149,6 +150,8 @@ def run_mine(cfg: MineConfig, run: RunDir, *, resume: bool = False, reporter: Re
     if kernels24:
         reporter.log(kernels24["line"])
     method = ticket_method(cfg)
+    if not run.has(layout.MASK):
+        require_memory(method.weight_copies(cfg), ctx.init_state, hw.device, f"mining {cfg.model} with {cfg.method}")
     try:
         mask, ticket_info = find_ticket(ctx, method)
         model, ft_info = train_ticket(ctx, method, mask)

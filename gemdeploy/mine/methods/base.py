@@ -43,6 +43,11 @@ class Method:
     def find_ticket(self, ctx: RunContext) -> Ticket:
         raise NotImplementedError
 
+    def weight_copies(self, config) -> float | None:
+        """A measured lower bound on the fp32 copies of the network's weights that finding the ticket holds at once
+        (gemdeploy.mine.memory refuses a network that cannot fit); None where it was not measured: no check."""
+        return None
+
     def ticket_training(self, ctx: RunContext) -> TicketTraining:
         """The shared fine-tuning (the Gem-Miner paper's recipe) from the initial weights."""
         return TicketTraining(ctx.init_state, finetune_recipe(ctx.config), "init")
