@@ -21,6 +21,7 @@ from torch import nn
 
 from gemdeploy.errors import GemdeployError
 from gemdeploy.files import user_permissions
+from gemdeploy.models import fp32_bytes
 from gemdeploy.progress import quiet
 
 OPSET = 18  # >= 17 (LayerNorm etc.); both TensorRT 10 and 11 parse opset 18
@@ -34,14 +35,9 @@ FP16_MIN_AGREEMENT = 0.995  # top-1 agreement of the fp16 graph with PyTorch fp3
 ONE_FILE_WEIGHT_BYTES = (1 << 31) - (64 << 20)
 
 
-def fp32_weight_bytes(model: nn.Module) -> int:
-    """The bytes the model's parameters and buffers take as fp32 initializers of its ONNX graph."""
-    return sum(4 * t.numel() for t in [*model.parameters(), *model.buffers()] if t.is_floating_point())
-
-
 def require_one_file(model: nn.Module, what: str, remedy: str) -> None:
     """Refuse in one line, before any export work, a model whose fp32 ONNX file could not be written."""
-    size = fp32_weight_bytes(model)
+    size = fp32_bytes(model.state_dict().values())
     if size > ONE_FILE_WEIGHT_BYTES:
         raise GemdeployError(f"{what} holds {size / 1e9:.2f} GB of fp32 weights, over the 2 GB one ONNX file (a "
                              f"protobuf message) can hold; gemdeploy writes single-file ONNX: {remedy}")

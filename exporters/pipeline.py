@@ -36,6 +36,7 @@ from gemdeploy.run.artifacts import RunArtifacts
 from gemdeploy.sparsity import PATTERNS
 from gemdeploy.run.rundir import check_output_dir, sweep_debris
 from gemdeploy.files import file_sha256, read_json, user_permissions, write_json
+from gemdeploy.models import fp32_bytes
 
 SIDE_SCHEMA = {"file": str, "sha256": str, "source_sha256": str}
 
@@ -181,17 +182,18 @@ def _sizes_and_sparse_storage(job: ExportJob, masked: torch.nn.Module, fp32_new:
     """With a new fp32 file: the dense-vs-compacted byte counts (kept in its sidecar) and model.sparse.onnx."""
     if not fp32_new:
         return {}
-    fp32_bytes = job.fp32_path.stat().st_size
-    if job.source == "compacted" and ox.fp32_weight_bytes(masked) > ox.ONE_FILE_WEIGHT_BYTES:
+    file_bytes = job.fp32_path.stat().st_size
+    dense_weights = fp32_bytes(masked.state_dict().values()) if job.source == "compacted" else None
+    if dense_weights is not None and dense_weights > ox.ONE_FILE_WEIGHT_BYTES:
         # the uncompacted model is over one ONNX file's limit: its size is said from its weights, not a file
-        job.notes["fp32_sizes"] = {"dense_bytes": ox.fp32_weight_bytes(masked), "compacted_bytes": fp32_bytes,
+        job.notes["fp32_sizes"] = {"dense_bytes": dense_weights, "compacted_bytes": file_bytes,
                                    "dense_bytes_from": "fp32 weights (over one ONNX file's 2 GB limit)"}
-    elif job.source == "compacted":
+    elif dense_weights is not None:
         dense_proto, _ = ox.torch_to_onnx(masked, job.verify_images, exporter=job.opts.exporter)
         dense_proto, _ = ox.simplify(dense_proto)
-        job.notes["fp32_sizes"] = {"dense_bytes": len(dense_proto.SerializeToString()), "compacted_bytes": fp32_bytes}
+        job.notes["fp32_sizes"] = {"dense_bytes": len(dense_proto.SerializeToString()), "compacted_bytes": file_bytes}
     else:
-        job.notes["fp32_sizes"] = {"dense_bytes": fp32_bytes, "compacted_bytes": None}
+        job.notes["fp32_sizes"] = {"dense_bytes": file_bytes, "compacted_bytes": None}
     out: dict[str, dict] = {}
     if not job.opts.sparse_storage:
         return out

@@ -190,16 +190,16 @@ def test_mining_that_cannot_fit_in_memory_is_refused_before_it_starts():
     message. The check compares a measured lower bound of mining's copies of the weights with the memory at hand."""
     import torch
 
-    from gemdeploy.mine.memory import available_bytes, require_memory, weight_bytes
+    from gemdeploy.mine.memory import available_bytes, require_memory
     from gemdeploy.mine.methods import METHODS
-    from gemdeploy.models import build_model
+    from gemdeploy.models import build_model, fp32_bytes
     from gemdeploy.run.config import MineConfig
 
     state = build_model("lenet300", (1, 28, 28), 10).state_dict()
     gem = METHODS.get("gem-miner")()
     copies = gem.weight_copies(MineConfig(pattern="unstructured"))
     assert copies == 9.0 and gem.weight_copies(MineConfig(pattern="channel")) is None
-    need = copies * weight_bytes(state) + (1 << 30)
+    need = copies * fp32_bytes(state.values()) + (1 << 30)
     with pytest.raises(GemdeployError, match=r"needs at least .* GB of CPU memory .* GB is available") as err:
         require_memory(copies, state, torch.device("cpu"), "mining lenet300 with gem-miner", available=int(need) - 1)
     assert "\n" not in str(err.value) and "--pattern channel" in str(err.value)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from gemdeploy.errors import GemdeployError
+from gemdeploy.models import fp32_bytes
 
 BASE_BYTES = 1 << 30  # the interpreter, torch and the data, before any weight
 
@@ -23,10 +24,6 @@ def available_bytes(device: torch.device) -> int | None:
         return None
 
 
-def weight_bytes(state: dict[str, torch.Tensor]) -> int:
-    return sum(4 * t.numel() for t in state.values() if t.is_floating_point())
-
-
 def require_memory(copies: float | None, state: dict[str, torch.Tensor], device: torch.device, what: str,
                    available: int | None = None) -> None:
     """Refuse when ``copies`` (a lower bound) of the weights in ``state`` exceed the memory ``device`` has free."""
@@ -35,7 +32,7 @@ def require_memory(copies: float | None, state: dict[str, torch.Tensor], device:
     available = available_bytes(device) if available is None else available
     if available is None:
         return
-    weights = weight_bytes(state)
+    weights = fp32_bytes(state.values())
     need = copies * weights + (BASE_BYTES if device.type == "cpu" else 0)
     if need > available:
         raise GemdeployError(

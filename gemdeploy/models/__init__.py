@@ -5,7 +5,7 @@ torchvision name, an nn.Module given to gemdeploy.api) is built by gemdeploy.mod
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from gemdeploy.registry import Registry
 
@@ -59,3 +59,9 @@ def load_weights(model: "nn.Module", state: dict) -> None:
         state = OrderedDict(state)
         state._metadata = model.state_dict()._metadata  # type: ignore[attr-defined]
     model.load_state_dict(state)
+
+
+def fp32_bytes(tensors: Iterable) -> int:
+    """The bytes ``tensors`` (a state dict's values) take in fp32, integer buffers left out: what one ONNX file and
+    each of mining's copies of the weights hold."""
+    return sum(4 * t.numel() for t in tensors if t.is_floating_point())
