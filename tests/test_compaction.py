@@ -285,6 +285,60 @@ def test_grouped_conv_channels_go_by_whole_columns_across_its_blocks(digits):
     assert (ref - out).abs().max() <= 1e-5 * ref.abs().max()
 
 
+def test_a_grouped_conv_keeps_two_outputs_per_block_while_its_blocks_read_several(digits):
+    """resnext101_32x8d: when all but one output per block of a grouped conv is dead, removing them would leave
+    groups == out_channels != in_channels, a conv Torch-Pruning takes for depthwise (and the next pass indexed out of
+    range). Two outputs per block stay; the rest compacts, logits exact."""
+    torch.manual_seed(0)
+    model = _GroupedBlock()
+    with torch.no_grad():
+        for c in range(16):
+            if c % 4:  # positions 1..3 of every block of b's output
+                model.b.weight[c] = 0
+                model.b.bias[c] = 0
+                model.bn_b.bias[c] = 0
+    _settle_bn(model, digits)
+    compacted, steps = compact_model(model, SHAPE, round_to=1)
+    assert steps and compacted.b.groups == 4 and compacted.b.in_channels == 16 and compacted.b.out_channels == 8
+    with torch.no_grad():
+        ref, out = model(digits), compacted(digits)
+    assert (ref - out).abs().max() <= 1e-5 * ref.abs().max()
+
+
+class _OneOutputPerGroup(nn.Module):
+    """A conv with groups == out_channels != in_channels from the start (4 inputs per output)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 4, 3, padding=1, groups=4)
+        self.c = nn.Conv2d(4, 8, 1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.b(torch.relu(self.a(x))))
+        return self.fc(torch.relu(self.c(x)).mean((2, 3)))
+
+
+def test_a_conv_torch_pruning_would_take_for_depthwise_is_left_whole_and_the_rest_compacts(digits):
+    from gemdeploy.sparsity.channels import analyze
+
+    torch.manual_seed(0)
+    model = _OneOutputPerGroup()
+    _, groups = analyze(model, SHAPE)
+    assert {g.root for g in groups} == {"c"}  # a's and b's channel spaces both touch b: left whole
+    with torch.no_grad():
+        model.a.weight[:4] = 0
+        model.a.bias[:4] = 0
+        model.c.weight[:3] = 0
+        model.c.bias[:3] = 0
+    compacted, _ = compact_model(model, SHAPE, round_to=1)
+    assert compacted.a.out_channels == 16 and compacted.b.out_channels == 4 and compacted.c.out_channels == 5
+    with torch.no_grad():
+        ref, out = model(digits), compacted(digits)
+    assert (ref - out).abs().max() <= 1e-5 * ref.abs().max()
+
+
 def test_a_channel_shuffle_leaves_its_groups_whole_and_the_rest_compacts(digits):
     from gemdeploy.sparsity.channels import analyze
 

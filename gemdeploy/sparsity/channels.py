@@ -199,6 +199,12 @@ def _is_grouped(mod) -> bool:
     return isinstance(mod, nn.Conv2d) and mod.groups > 1 and not _is_depthwise(mod)
 
 
+def _misread_as_depthwise(mod) -> bool:
+    """A conv with one output per group that reads several inputs per group: Torch-Pruning's depthwise test
+    (groups == out_channels) couples its in and out channels, which are not one."""
+    return _is_depthwise(mod) and mod.in_channels != mod.out_channels
+
+
 def _is_depthwise(mod) -> bool:
     """Torch-Pruning's definition: one filter per output channel (its in and out channels form one group)."""
     return isinstance(mod, nn.Conv2d) and mod.groups == mod.out_channels and mod.groups > 1
@@ -278,6 +284,8 @@ def channel_groups(model: nn.Module, graph: tp.DependencyGraph) -> list[ChannelG
             continue
         if any(m not in names and not _zero_preserving(m) for m in members):
             continue
+        if any(_misread_as_depthwise(m) for m in members):
+            continue  # Torch-Pruning's indices for it are wrong: left whole
         if any(getattr(graph.module2node.get(m), "gemdeploy_opaque", False) for m in members):
             continue
         size = len(group.items[0].idxs)
@@ -401,11 +409,11 @@ def killed_channel_params(model: nn.Module, input_shape: tuple[int, ...], mask: 
     return out
 
 
-def round_removal(removable: torch.Tensor, round_to: int) -> list[int]:
+def round_removal(removable: torch.Tensor, round_to: int, at_least: int = 1) -> list[int]:
     """The removable channels to actually remove so the kept count is a multiple of ``round_to`` (rounded up,
-    keeping some dead channels) and never below ``round_to`` (or the original count, when smaller)."""
+    keeping some dead channels) and never below ``round_to`` or ``at_least`` (or the original count, when smaller)."""
     size = removable.numel()
-    kept = size - int(removable.sum())
+    kept = max(size - int(removable.sum()), at_least)
     step = max(1, round_to)
     target = min(size, max(step, math.ceil(kept / step) * step))
     candidates = torch.nonzero(removable).flatten().tolist()
@@ -436,9 +444,21 @@ def _plan_tiled(cg: ChannelGroup, removable: torch.Tensor, round_to: int, nm: tu
     """`plan_removal` for a group split into equal blocks by grouped convs: a position goes from every block or
     from none, and the kept count (blocks x kept positions) stays a multiple of ``round_to``."""
     units = removable.view(cg.tile, cg.units).all(0)
-    positions = round_removal(units, max(1, round_to) // math.gcd(max(1, round_to), cg.tile))
+    positions = round_removal(units, max(1, round_to) // math.gcd(max(1, round_to), cg.tile),
+                              at_least=_min_outputs_per_block(cg))
     idxs = sorted(b * cg.units + j for b in range(cg.tile) for j in positions)
     return idxs if not idxs or nm is None or _keeps_nm(cg, idxs, nm) else []
+
+
+def _min_outputs_per_block(cg: ChannelGroup) -> int:
+    """2 when ``cg`` is the output of a grouped conv whose blocks read several channels: one output per block would
+    leave a conv with groups == out_channels != in_channels, which Torch-Pruning takes for depthwise (in and out
+    channels one) and then indexes wrongly (resnext101_32x8d's second pass)."""
+    for it in cg.group.items:
+        mod = it.dep.target.module
+        if _is_grouped(mod) and _is_out(cg.group, it) and mod.in_channels != mod.groups:
+            return 2
+    return 1
 
 
 def plan_removal(cg: ChannelGroup, round_to: int, nm: tuple[int, int] | None = None) -> list[int]:
