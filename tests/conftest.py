@@ -112,3 +112,20 @@ def conv_run(tmp_path_factory) -> Path:
     cli("mine", "--model", "resnet20", "--sparsity", "0.9", "--out", out, "--data", "mnist5k", "--epochs", "1",
         "--finetune-epochs", "1", "--quiet", check=True)
     return out
+
+
+def tanh_net(depth: int, gain: float = 4.0, width: int = 64) -> "torch.nn.Module":
+    """A deep tanh MLP for 1x16x16 inputs with weights of std gain/sqrt(width): with gain 4 it is in the chaotic
+    phase, and at depth 40 one fp32 rounding step of its input moves its logits as much as they are large, while
+    at depth 10 it is tame (a real network, not a stand-in: the rounding it amplifies is real)."""
+    import torch
+    from torch import nn
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        layers: list[nn.Module] = [nn.Flatten(), nn.Linear(256, width), nn.Tanh()]
+        for _ in range(depth):
+            lin = nn.Linear(width, width)
+            nn.init.normal_(lin.weight, 0.0, gain / width ** 0.5)
+            layers += [lin, nn.Tanh()]
+        return nn.Sequential(*layers, nn.Linear(width, 10)).eval()

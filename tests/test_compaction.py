@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 
 import pytest
 import torch
 from torch import nn
 
+from conftest import tanh_net
 from gemdeploy.run.artifacts import RunArtifacts
 from gemdeploy.sparsity.channels import build_graph, channel_groups
 from gemdeploy.compact.compaction import compact_model, compact_run, load_compacted_model
@@ -434,3 +436,25 @@ def test_weights_saved_without_version_metadata_load_into_mnasnet(tmp_path):
     fresh = build_model("torchvision:mnasnet0_5", (3, 32, 32), 10)
     load_weights(fresh, state)
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+
+
+def test_the_logit_check_tells_a_wrong_compaction_from_a_network_that_amplifies_rounding():
+    from gemdeploy.compact.compaction import check_same_logits
+    from gemdeploy.numerics import FP32_STEP, rounding_sensitivity
+
+    tame, chaotic = tanh_net(depth=10), tanh_net(depth=40)
+    x = torch.randn(16, *SHAPE)
+    with torch.no_grad():
+        scale = float(chaotic(x).abs().max())
+    assert rounding_sensitivity(tame, x) < 1e-4 * scale < rounding_sensitivity(chaotic, x)
+    wrong = copy.deepcopy(tame)
+    with torch.no_grad():
+        wrong[1].weight[0] = 0  # a channel that was not dead, removed
+    with pytest.raises(GemdeployError, match="does not map a zero channel to zero"):
+        check_same_logits(tame, wrong, SHAPE, "compacting it")
+    rounded = copy.deepcopy(chaotic)
+    with torch.no_grad():
+        rounded[1].weight.mul_(1 + 4 * FP32_STEP)  # a few rounding steps: only a network that amplifies them notices
+    with pytest.raises(GemdeployError, match="moves by one fp32 rounding step"):
+        check_same_logits(chaotic, rounded, SHAPE, "compacting it")
+    assert check_same_logits(chaotic, copy.deepcopy(chaotic), SHAPE, "copying it")[0] == 0.0

@@ -15,7 +15,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from conftest import assert_clean_error, cli
+from conftest import assert_clean_error, cli, tanh_net
 from gemdeploy.calibration import CALIB_METHODS
 from gemdeploy.errors import GemdeployError
 from gemdeploy.exporters import onnx_export as ox
@@ -82,9 +82,23 @@ def test_failed_verification_is_an_error_and_leaves_no_file(tmp_path):
     arr.flat[: arr.size // 2] += 0.5
     init.CopyFrom(numpy_helper.from_array(arr, init.name))
     dest = tmp_path / "bad.onnx"
-    with pytest.raises(GemdeployError, match="failed verification"):
+    with pytest.raises(GemdeployError, match=r"failed verification, not written: max \|ONNX Runtime - PyTorch\|"):
         ox.write_verified(proto, dest, lambda p: ox.verify(p, model, x, "fp32"), "the fp32 ONNX")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_network_that_amplifies_its_own_rounding_fails_verification_saying_so(tmp_path):
+    """A faithful file of a chaotic network (ONNX Runtime sums in another order than PyTorch) cannot be told from
+    a wrong one by its logits: the error names the network's rounding, not the file."""
+    model = tanh_net(depth=40)
+    x = torch.randn(16, *SHAPE)
+    proto, _ = ox.torch_to_onnx(model, x, exporter="torchscript")
+    with pytest.raises(GemdeployError, match="moves by one fp32 rounding step") as err:
+        ox.write_verified(proto, tmp_path / "c.onnx", lambda p: ox.verify(p, model, x, "fp32"), "the fp32 ONNX")
+    assert "failed verification, not written" in str(err.value) and list(tmp_path.iterdir()) == []
+    tame = tanh_net(depth=10)
+    proto, _ = ox.torch_to_onnx(tame, x, exporter="torchscript")
+    assert ox.write_verified(proto, tmp_path / "t.onnx", lambda p: ox.verify(p, tame, x, "fp32"), "fp32")["ok"]
 
 
 def _polygraphy_sparsity(path: Path) -> tuple[set[str], set[str]]:

@@ -22,6 +22,7 @@ from gemdeploy.run.artifacts import RunArtifacts
 from gemdeploy.sparsity.channels import ChannelAnalysisError, compact_channels, replay_steps
 from gemdeploy.errors import GemdeployError
 from gemdeploy.models import load_weights
+from gemdeploy.numerics import rounding_sensitivity, unreproducible
 from gemdeploy.sparsity import PATTERNS
 from gemdeploy.sparsity.masks import PRUNABLE_TYPES
 from gemdeploy.sparsity.nm import nm_eligible_layers, parse_nm, satisfies_nm
@@ -96,12 +97,33 @@ def layer_records(before: nn.Module, after: nn.Module, n: int, m: int) -> list[d
     return rows
 
 
-def _max_logit_diff(a: nn.Module, b: nn.Module, input_shape: tuple[int, ...]) -> tuple[float, float]:
+def _check_images(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(8, *input_shape, generator=gen).to(next(a.parameters()).device)
+    return torch.randn(8, *input_shape, generator=gen).to(next(model.parameters()).device)
+
+
+def _max_logit_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> tuple[float, float]:
     with torch.no_grad():
         ya, yb = a.eval()(x), b.eval()(x)
     return float((ya - yb).abs().max()), float(ya.abs().max())
+
+
+def check_same_logits(model: nn.Module, compacted: nn.Module, input_shape: tuple[int, ...],
+                      what: str) -> tuple[float, float]:
+    """(max |logit diff|, logit scale) of ``compacted`` against ``model`` on 8 standard-normal images; GemdeployError
+    when over the tolerance, saying whether the network's own rounding already moves its logits that much."""
+    images = _check_images(model, input_shape)
+    diff, scale = _max_logit_diff(model, compacted, images)
+    tolerance = EXACT_REL_TOL * max(scale, 1e-6)
+    if math.isfinite(diff) and diff <= tolerance:
+        return diff, scale
+    what = f"{what} changed its logits by {diff:.3g} (more than {tolerance:.3g}); nothing written"
+    sensitivity = rounding_sensitivity(model, images)
+    if sensitivity > tolerance:  # rounding alone moves them that much: the check cannot tell
+        raise GemdeployError(f"{what}: {unreproducible(sensitivity, scale)}")
+    # Only channels proven to carry zeros (or never read) go; a model where that proof fails is not written.
+    raise GemdeployError(f"{what}: one of its layers does not map a zero channel to zero (please report it with "
+                         "the model)")
 
 
 def compact_run(artifacts: RunArtifacts, round_to: int) -> dict:
@@ -121,13 +143,7 @@ def compact_run(artifacts: RunArtifacts, round_to: int) -> dict:
     except ChannelAnalysisError as exc:
         # No channel is provably removable without the analysis: the sparse weights are still stored compactly.
         compacted, steps, left_whole = copy.deepcopy(model).eval(), [], f"Torch-Pruning's channel analysis {exc}"
-    diff, scale = _max_logit_diff(model, compacted, shape)
-    tolerance = EXACT_REL_TOL * max(scale, 1e-6)
-    if not math.isfinite(diff) or diff > tolerance:
-        # Only channels proven to carry zeros (or never read) go; a model where that proof fails is not written.
-        raise GemdeployError(f"compacting {artifacts.config.model} changed its logits by {diff:.3g} (more than "
-                             f"{tolerance:.3g}); nothing written: one of its layers does not map a zero channel to "
-                             "zero (please report it with the model)")
+    diff, scale = check_same_logits(model, compacted, shape, f"compacting {artifacts.config.model}")
     save_sparse(run / WEIGHTS, compacted.state_dict())
     dense_bytes = (run / layout.WEIGHTS).stat().st_size
     record = {
