@@ -307,6 +307,30 @@ def test_a_grouped_conv_keeps_two_outputs_per_block_while_its_blocks_read_severa
     assert (ref - out).abs().max() <= 1e-5 * ref.abs().max()
 
 
+def test_a_grouped_conv_whose_inputs_go_to_one_per_block_does_not_become_depthwise(digits):
+    """Its inputs compact to one per block in one pass; were its outputs also allowed down to one per block, it
+    would become depthwise after Torch-Pruning's graph was built as an ordinary conv, and the next pass would prune
+    it wrongly (a model that cannot run)."""
+    torch.manual_seed(0)
+    model = _GroupedBlock()
+    with torch.no_grad():
+        for c in range(16):
+            if c % 4:  # positions 1..3 of every block of a's output and of b's output
+                for conv, bn in ((model.a, model.bn_a), (model.b, model.bn_b)):
+                    conv.weight[c] = 0
+                    conv.bias[c] = 0
+                    bn.bias[c] = 0
+        model.b.weight[0] = 0  # and one more output of b
+        model.b.bias[0] = 0
+        model.bn_b.bias[0] = 0
+    _settle_bn(model, digits)
+    compacted, _ = compact_model(model, SHAPE, round_to=1)
+    assert (compacted.b.in_channels, compacted.b.out_channels, compacted.b.groups) == (4, 8, 4)
+    with torch.no_grad():
+        ref, out = model(digits), compacted(digits)
+    assert (ref - out).abs().max() <= 1e-5 * ref.abs().max()
+
+
 class _OneOutputPerGroup(nn.Module):
     """A conv with groups == out_channels != in_channels from the start (4 inputs per output)."""
 
@@ -440,10 +464,10 @@ def test_weights_saved_without_version_metadata_load_into_mnasnet(tmp_path):
 
 def test_the_logit_check_tells_a_wrong_compaction_from_a_network_that_amplifies_rounding():
     from gemdeploy.compact.compaction import check_same_logits
-    from gemdeploy.numerics import FP32_STEP, rounding_sensitivity
+    from gemdeploy.numerics import rounding_sensitivity
 
-    tame, chaotic = tanh_net(depth=10), tanh_net(depth=40)
-    x = torch.randn(16, *SHAPE)
+    tame, chaotic = tanh_net(depth=6), tanh_net(depth=40)
+    x = torch.randn(16, *SHAPE, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         scale = float(chaotic(x).abs().max())
     assert rounding_sensitivity(tame, x) < 1e-4 * scale < rounding_sensitivity(chaotic, x)
@@ -453,8 +477,20 @@ def test_the_logit_check_tells_a_wrong_compaction_from_a_network_that_amplifies_
     with pytest.raises(GemdeployError, match="does not map a zero channel to zero"):
         check_same_logits(tame, wrong, SHAPE, "compacting it")
     rounded = copy.deepcopy(chaotic)
-    with torch.no_grad():
-        rounded[1].weight.mul_(1 + 4 * FP32_STEP)  # a few rounding steps: only a network that amplifies them notices
-    with pytest.raises(GemdeployError, match="moves by one fp32 rounding step"):
+    with torch.no_grad():  # a few rounding steps: only a network that amplifies them notices
+        rounded[1].weight.mul_(1 + 4 * torch.finfo(torch.float32).eps)
+    with pytest.raises(GemdeployError, match="moves by one rounding step"):
         check_same_logits(chaotic, rounded, SHAPE, "compacting it")
     assert check_same_logits(chaotic, copy.deepcopy(chaotic), SHAPE, "copying it")[0] == 0.0
+
+
+def test_rounding_sensitivity_is_measured_in_eval_mode_and_leaves_the_mode_alone():
+    """With dropout active two forwards would differ by far more than rounding; in eval mode a tame network moves by
+    rounding only (more than nothing, far less than 1e-4)."""
+    from gemdeploy.numerics import rounding_sensitivity
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(256, 64, bias=False), nn.ReLU(), nn.Linear(64, 10, bias=False),
+                        nn.Dropout(0.5)).train()
+    x = torch.randn(8, *SHAPE, generator=torch.Generator().manual_seed(0))
+    assert 0.0 < rounding_sensitivity(net, x) < 1e-4 and net.training

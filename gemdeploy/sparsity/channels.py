@@ -199,10 +199,15 @@ def _is_grouped(mod) -> bool:
     return isinstance(mod, nn.Conv2d) and mod.groups > 1 and not _is_depthwise(mod)
 
 
-def _misread_as_depthwise(mod) -> bool:
-    """A conv with one output per group that reads several inputs per group: Torch-Pruning's depthwise test
-    (groups == out_channels) couples its in and out channels, which are not one."""
-    return _is_depthwise(mod) and mod.in_channels != mod.out_channels
+def _misread_by(graph: tp.DependencyGraph, mod) -> bool:
+    """A conv Torch-Pruning's graph handles as depthwise (its in and out channels one) when it is not, or the other
+    way round: one output per group that reads several inputs each, or a conv that became depthwise after the graph
+    was built."""
+    if not isinstance(mod, nn.Conv2d):
+        return False
+    node = graph.module2node.get(mod)
+    taken = node is not None and node.type == tp.ops.OPTYPE.DEPTHWISE_CONV
+    return taken != (_is_depthwise(mod) and mod.in_channels == mod.out_channels)
 
 
 def _is_depthwise(mod) -> bool:
@@ -284,7 +289,7 @@ def channel_groups(model: nn.Module, graph: tp.DependencyGraph) -> list[ChannelG
             continue
         if any(m not in names and not _zero_preserving(m) for m in members):
             continue
-        if any(_misread_as_depthwise(m) for m in members):
+        if any(_misread_by(graph, m) for m in members):
             continue  # Torch-Pruning's indices for it are wrong: left whole
         if any(getattr(graph.module2node.get(m), "gemdeploy_opaque", False) for m in members):
             continue
@@ -451,14 +456,11 @@ def _plan_tiled(cg: ChannelGroup, removable: torch.Tensor, round_to: int, nm: tu
 
 
 def _min_outputs_per_block(cg: ChannelGroup) -> int:
-    """2 when ``cg`` is the output of a grouped conv whose blocks read several channels: one output per block would
-    leave a conv with groups == out_channels != in_channels, which Torch-Pruning takes for depthwise (in and out
-    channels one) and then indexes wrongly (resnext101_32x8d's second pass)."""
-    for it in cg.group.items:
-        mod = it.dep.target.module
-        if _is_grouped(mod) and _is_out(cg.group, it) and mod.in_channels != mod.groups:
-            return 2
-    return 1
+    """2 when ``cg`` is a grouped conv's output: one output per group makes groups == out_channels, which
+    Torch-Pruning takes for a depthwise conv (in and out channels one) whether or not each group reads one input,
+    while the graph, built once, still prunes it as an ordinary conv (resnext101_32x8d's second pass indexed out of
+    range)."""
+    return 2 if any(_is_grouped(it.dep.target.module) and _is_out(cg.group, it) for it in cg.group.items) else 1
 
 
 def plan_removal(cg: ChannelGroup, round_to: int, nm: tuple[int, int] | None = None) -> list[int]:
