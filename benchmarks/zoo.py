@@ -7,6 +7,7 @@
     .venv/bin/python -m benchmarks.zoo --resume              # continue an interrupted walk (its zoo.json in --work)
     .venv/bin/python -m benchmarks.zoo --smallest-first --resume  # the same, fewest parameters first: a walk cut
                                                              # short still covers the most models
+    .venv/bin/python -m benchmarks.zoo --models resnext50_32x4d --patterns channel --resume --again  # after a fix
     .venv/bin/python -m benchmarks.zoo --from-json W/zoo.json  # BENCHMARKS.md's section from a walk so far
 
 For every model of `torchvision.models.list_models(module=torchvision.models)` and every pattern, as a new user
@@ -271,6 +272,8 @@ def main(models: str = typer.Option("", help="Comma-separated torchvision names 
          write: bool = typer.Option(True, help="Write the Model zoo section of BENCHMARKS.md."),
          resume: bool = typer.Option(False, "--resume", help="Keep the walks already in --work's zoo.json (same "
                                      "--size) and walk only the rest."),
+         again: bool = typer.Option(False, "--again", help="With --resume: walk the chosen models and patterns again "
+                                    "(after a fix), replacing their rows."),
          keep_runs: bool = typer.Option(False, "--keep-runs", help="Keep each walk's run folder (the whole list's "
                                         "take tens of GB); by default a walk's folder is removed once it is recorded."),
          from_json: Path = typer.Option(None, help="Only write BENCHMARKS.md's section from this zoo.json.")) -> None:
@@ -299,6 +302,8 @@ def main(models: str = typer.Option("", help="Comma-separated torchvision names 
             command = old_command
         if old_size != size:
             raise SystemExit(f"{work / 'zoo.json'} walked {old_size}x{old_size} images, not {size}x{size}")
+    if again:
+        walks = [w for w in walks if not (w.model in names and w.pattern in chosen)]
     done = {(w.model, w.pattern) for w in walks}
     start, seconds = time.perf_counter(), before
     for name in names:

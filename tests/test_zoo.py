@@ -92,3 +92,9 @@ def test_smoke_walk_runs_the_script(tmp_path):
     assert again.returncode == 0 and "squeezenet1_1 unstructured: mine" not in again.stdout, again.stderr[-2000:]
     walks, size, _, _ = zoo.load_walks(tmp_path / "zoo.json")
     assert [(w.model, w.pattern) for w in walks] == [("squeezenet1_1", "unstructured")] and size == zoo.SMOKE_SIZE
+    # --again walks it again (after a fix) and replaces its row.
+    redo = subprocess.run([sys.executable, "-m", "benchmarks.zoo", "--smoke", "--resume", "--again", "--work",
+                           str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert redo.returncode == 0 and "squeezenet1_1 unstructured: mine ok" in redo.stdout, redo.stderr[-2000:]
+    walks, _, _, command = zoo.load_walks(tmp_path / "zoo.json")
+    assert [(w.model, w.pattern) for w in walks] == [("squeezenet1_1", "unstructured")] and "--again" in command
