@@ -97,11 +97,6 @@ def layer_records(before: nn.Module, after: nn.Module, n: int, m: int) -> list[d
     return rows
 
 
-def _check_images(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(0)
-    return torch.randn(8, *input_shape, generator=gen).to(next(model.parameters()).device)
-
-
 def _max_logit_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> tuple[float, float]:
     with torch.no_grad():
         ya, yb = a.eval()(x), b.eval()(x)
@@ -112,7 +107,8 @@ def check_same_logits(model: nn.Module, compacted: nn.Module, input_shape: tuple
                       what: str) -> tuple[float, float]:
     """(max |logit diff|, logit scale) of ``compacted`` against ``model`` on 8 standard-normal images; GemdeployError
     when over the tolerance, saying whether the network's own rounding already moves its logits that much."""
-    images = _check_images(model, input_shape)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(8, *input_shape, generator=gen).to(next(model.parameters()).device)
     diff, scale = _max_logit_diff(model, compacted, images)
     tolerance = EXACT_REL_TOL * max(scale, 1e-6)
     if math.isfinite(diff) and diff <= tolerance:
